@@ -1,0 +1,5 @@
+"""Allow ``python -m geojepa``."""
+
+from geojepa.cli import main
+
+raise SystemExit(main())

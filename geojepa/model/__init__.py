@@ -1,0 +1,1 @@
+"""The GeoJEPA model: tokeniser, masks, encoders, predictor and training module."""
