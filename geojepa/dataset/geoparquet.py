@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
+from pyproj import CRS
 
 from geojepa.dataset.reader import TileDataset
 from geojepa.osm import KIND_NAMES, OSM_TYPE_NAMES
@@ -51,30 +52,10 @@ def geo_metadata(types: list[str], bbox: list[float]) -> dict:
                 "encoding": "WKB",
                 "geometry_types": types,
                 "bbox": bbox,
-                "crs": _WGS84_PROJJSON,
+                "crs": CRS("OGC:CRS84").to_json_dict(),
             }
         },
     }
-
-
-_WGS84_PROJJSON = {
-    "$schema": "https://proj.org/schemas/v0.7/projjson.schema.json",
-    "type": "GeographicCRS",
-    "name": "WGS 84 (CRS84)",
-    "datum_ensemble": {
-        "name": "World Geodetic System 1984 ensemble",
-        "members": [{"name": "World Geodetic System 1984 (G2139)"}],
-        "ellipsoid": {"name": "WGS 84", "semi_major_axis": 6378137, "inverse_flattening": 298.257223563},
-    },
-    "coordinate_system": {
-        "subtype": "ellipsoidal",
-        "axis": [
-            {"name": "Geodetic longitude", "abbreviation": "Lon", "direction": "east", "unit": "degree"},
-            {"name": "Geodetic latitude", "abbreviation": "Lat", "direction": "north", "unit": "degree"},
-        ],
-    },
-    "id": {"authority": "OGC", "code": "CRS84"},
-}
 
 
 def export_entities(dataset: str | Path, out: str | Path) -> int:
