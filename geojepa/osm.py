@@ -37,6 +37,8 @@ POINT, LINE, POLYGON, GROUP = 0, 1, 2, 3
 """Entity kinds as stored: point, line, polygon, relation (a group of members)."""
 KIND_NAMES = ("point", "line", "polygon", "relation")
 
+_TYPE_CODES = {"n": NODE, "w": WAY, "r": RELATION}
+
 MULTIPOLYGON_TYPES = frozenset({"multipolygon", "boundary"})
 """Relation types assembled into polygons with holes."""
 
@@ -148,22 +150,16 @@ def location_storage(path: Path) -> str:
     return f"dense_file_array,{path.with_name(path.name + f'.nodes-{os.getpid()}.tmp')}"
 
 
-def _relation_members(path: Path, tag_filter: TagFilter) -> tuple[set[int], set[int]]:
-    """First pass: ids of ways and nodes that are members of relations with kept tags."""
-    ways: set[int] = set()
-    nodes: set[int] = set()
+def _relation_members(path: Path, tag_filter: TagFilter) -> osmium.IdTracker:
+    """First pass: the members of relations with kept tags, tracked on the C++ side."""
+    tracker = osmium.IdTracker()
     processor = osmium.FileProcessor(str(path), osmium.osm.RELATION).with_filter(
         osmium.filter.EmptyTagFilter()
     )
     for rel in processor:
-        if not any(tag_filter.keep(t.k) for t in rel.tags if t.k != "type"):
-            continue
-        for m in rel.members:
-            if m.type == "w":
-                ways.add(m.ref)
-            elif m.type == "n":
-                nodes.add(m.ref)
-    return ways, nodes
+        if any(tag_filter.keep(t.k) for t in rel.tags if t.k != "type"):
+            tracker.add_references(rel)
+    return tracker
 
 
 def _way_wkb(factory: osmium.geom.WKBFactory, way: osmium.osm.Way) -> str | bytes | None:
@@ -180,23 +176,19 @@ def _way_wkb(factory: osmium.geom.WKBFactory, way: osmium.osm.Way) -> str | byte
 
 
 def _relation_geometry(
-    rel: osmium.osm.Relation,
+    members: list[tuple[str, int]],
     is_multipolygon: bool,
     way_geoms: dict[int, str | bytes],
     node_points: dict[int, tuple[float, float]],
 ) -> tuple[shapely.Geometry | None, bool]:
     """Geometry of a relation from its members; returns ``(geometry, assembled_as_polygon)``."""
-    lines = [way_geoms[m.ref] for m in rel.members if m.type == "w" and m.ref in way_geoms]
+    lines = [way_geoms[ref] for kind, ref in members if kind == "w" and ref in way_geoms]
     parts = list(shapely.from_wkb(lines)) if lines else []
     if is_multipolygon and parts:
         area = shapely.build_area(shapely.multilinestrings(parts))
         if not area.is_empty and area.area > 0:
             return area, True
-    parts += [
-        shapely.Point(node_points[m.ref])
-        for m in rel.members
-        if m.type == "n" and m.ref in node_points
-    ]
+    parts += [shapely.Point(node_points[ref]) for kind, ref in members if kind == "n" and ref in node_points]
     if not parts:
         return None, False
     return shapely.GeometryCollection(parts), False
@@ -227,10 +219,8 @@ def read_entities(
         raise GeoJepaError("OSM file not found", path)
     storage = location_storage(path)
     try:
-        member_ways, member_nodes = _relation_members(path, tag_filter)
-        yield from _read_main_pass(
-            path, storage, tag_filter, batch_size, stats, member_ways, member_nodes
-        )
+        members = _relation_members(path, tag_filter)
+        yield from _read_main_pass(path, storage, tag_filter, batch_size, stats, members)
     except (RuntimeError, ValueError, OSError) as err:
         raise GeoJepaError(f"cannot read OSM data ({err})", path) from err
     finally:
@@ -244,14 +234,15 @@ def _read_main_pass(
     tag_filter: TagFilter,
     batch_size: int,
     stats: ReadStats,
-    member_ways: set[int],
-    member_nodes: set[int],
+    members: osmium.IdTracker,
 ) -> Iterator[EntityBatch]:
     """Second pass over the file: every tagged object becomes a record."""
     factory = osmium.geom.WKBFactory()
     way_geoms: dict[int, str | bytes] = {}
     node_points: dict[int, tuple[float, float]] = {}
     keep = tag_filter.keep
+    member_ways = members.way_ids()
+    member_nodes = members.node_ids()
     batch = EntityBatch()
     processor = (
         osmium.FileProcessor(str(path))
@@ -265,7 +256,7 @@ def _read_main_pass(
             if not loc.valid():
                 stats.no_geometry += 1
                 continue
-            if obj.id in member_nodes:
+            if member_nodes.get(obj.id):
                 node_points[obj.id] = (loc.lon, loc.lat)
             tags = [f"{t.k}={t.v}" for t in obj.tags if keep(t.k)]
             if not tags:
@@ -275,7 +266,7 @@ def _read_main_pass(
         elif obj.is_way():
             stats.ways += 1
             tags = [f"{t.k}={t.v}" for t in obj.tags if keep(t.k)]
-            is_member = obj.id in member_ways
+            is_member = member_ways.get(obj.id)
             if not tags and not is_member:
                 continue
             wkb = _way_wkb(factory, obj)
@@ -301,17 +292,16 @@ def _read_main_pass(
             if all(t.startswith("type=") for t in tags):  # nothing but the relation type
                 stats.no_kept_tags += 1
                 continue
-            geom, assembled = _relation_geometry(obj, is_mp, way_geoms, node_points)
+            refs = [(m.type, m.ref) for m in obj.members]
+            geom, assembled = _relation_geometry(refs, is_mp, way_geoms, node_points)
             if geom is None:
                 stats.no_geometry += 1
                 continue
             if is_mp and not assembled:
                 stats.broken_multipolygons += 1
             kind = POLYGON if assembled else GROUP
-            refs = [] if assembled else [
-                pack_ref({"n": NODE, "w": WAY, "r": RELATION}[m.type], m.ref) for m in obj.members
-            ]
-            batch.add(RELATION, obj.id, kind, tags, wkb=shapely.to_wkb(geom), members=refs)
+            packed = [] if assembled else [pack_ref(_TYPE_CODES[t], ref) for t, ref in refs]
+            batch.add(RELATION, obj.id, kind, tags, wkb=shapely.to_wkb(geom), members=packed)
         if len(batch) >= batch_size:
             yield batch
             batch = EntityBatch()

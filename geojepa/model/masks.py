@@ -205,6 +205,9 @@ def sample_masks(
 
     Returns:
         The masks; see the module docstring for the rules.
+
+    Raises:
+        ValueError: If the tensors do not describe one padded batch.
     """
     _check_inputs(boxes, modality, valid)
     num_modalities = int(torch.unique(modality[valid]).numel())
@@ -230,6 +233,9 @@ def sample_area_masks(
 
     Returns:
         Masks with strategy ``"area"`` and the target boxes.
+
+    Raises:
+        ValueError: If ``boxes`` does not have shape ``[B, N, 8]``.
     """
     num_tiles, num_tokens = valid.shape
     if boxes.shape != (num_tiles, num_tokens, 8):
@@ -291,6 +297,9 @@ def sample_modality_masks(
 
     Returns:
         Masks with strategy ``"modality"``.
+
+    Raises:
+        ValueError: If the tensors do not describe one padded batch.
     """
     _check_inputs(boxes, modality, valid)
     num_tiles, num_tokens = valid.shape
@@ -303,8 +312,9 @@ def sample_modality_masks(
     second = scores.scatter(1, first[:, None], -1.0).argmax(dim=1)
     paired = present.sum(dim=1) >= 2
     context = valid & paired[:, None] & (kind == first[:, None])
-    targets = torch.zeros(num_tiles, cfg.num_targets, num_tokens, dtype=torch.bool,
-                          device=valid.device)
+    targets = torch.zeros(
+        num_tiles, cfg.num_targets, num_tokens, dtype=torch.bool, device=valid.device
+    )
     targets[:, 0] = valid & paired[:, None] & (kind == second[:, None])
     target_boxes = _no_boxes(num_tiles, cfg.num_targets, valid.device)
     fallback = (~paired & valid.any(dim=1)).nonzero()[:, 0]
