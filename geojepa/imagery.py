@@ -23,6 +23,7 @@ import io
 import math
 import os
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -193,18 +194,26 @@ def _is_remote(path: str) -> bool:
     return path.startswith(("/vsi", "http://", "https://", "s3://", "gs://"))
 
 
+def _reason(exc: BaseException, path: str | Path) -> str:
+    """The first line of an exception's message, without the file name it may repeat."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for name in (f"'{path}'", f'"{path}"', str(path)):
+        text = text.replace(name, "")
+    return " ".join(text.split()).strip(" .:") or type(exc).__name__
+
+
 def _raster_info(path: str) -> _RasterInfo:
     """Open ``path`` once, validate it and collect what tile reads need."""
     if not _is_remote(path) and not Path(path).is_file():
         raise GeoJepaError("imagery file not found", path)
     try:
-        with rasterio.open(path) as ds:
-            return _describe(ds, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                return _describe(ds, path)
     except rasterio.errors.RasterioIOError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GeoJepaError(
-            f"not a GeoTIFF or other raster that GDAL can read ({reason.replace(path, 'file')})",
-            path,
+            f"not a GeoTIFF or other raster that GDAL can read ({_reason(exc, path)})", path
         ) from exc
 
 
@@ -230,7 +239,11 @@ def _describe(ds: Any, path: str) -> _RasterInfo:
         raise GeoJepaError("raster has only an alpha band", path)
     rgb_bands = data_bands[:3] if len(data_bands) >= 3 else data_bands[:1]
     palette = None
-    if len(data_bands) == 1 and interp[data_bands[0] - 1] == ColorInterp.palette:
+    if (
+        len(data_bands) == 1
+        and interp[data_bands[0] - 1] == ColorInterp.palette
+        and ds.dtypes[data_bands[0] - 1] == "uint8"
+    ):
         try:
             cmap = ds.colormap(data_bands[0])
         except ValueError:
@@ -253,7 +266,9 @@ def _describe(ds: Any, path: str) -> _RasterInfo:
             float(ys.max()), densify_pts=21,
         )
     except Exception as exc:  # noqa: BLE001 - PROJ errors have several types
-        raise GeoJepaError(f"cannot transform the raster's extent to lon/lat ({exc})", path) from exc
+        raise GeoJepaError(
+            f"cannot transform the raster's extent to lon/lat ({_reason(exc, path)})", path
+        ) from exc
     if not all(map(math.isfinite, (west, south, east, north))) or west > east:
         west, east = -180.0, 180.0  # crosses the antimeridian or odd CRS: be conservative
         south = south if math.isfinite(south) else -90.0
@@ -301,7 +316,9 @@ def _sample_for_stretch(ds: Any, bands: tuple[int, ...]) -> NDArray[np.float64]:
     return np.concatenate(out, axis=1)
 
 
-def _compute_stretch(ds: Any, bands: tuple[int, ...]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _compute_stretch(
+    ds: Any, bands: tuple[int, ...]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Per-band 2nd-98th percentile of the valid values of ``bands``."""
     sample = _sample_for_stretch(ds, bands)
     lo = np.zeros(len(bands))
@@ -399,7 +416,7 @@ class GeoTiffSource(ImagerySource):
         try:
             ds = rasterio.open(path) if level < 0 else rasterio.open(path, overview_level=level)
         except rasterio.errors.RasterioIOError as exc:
-            raise GeoJepaError(f"cannot open raster ({exc})", path) from exc
+            raise GeoJepaError(f"cannot open raster ({_reason(exc, path)})", path) from exc
         self._handles[key] = ds
         while len(self._handles) > _MAX_OPEN_FILES:
             _, old = self._handles.popitem(last=False)
@@ -450,7 +467,9 @@ class GeoTiffSource(ImagerySource):
                 resampling=resampling,
             )
         except rasterio.errors.RasterioError as exc:
-            raise GeoJepaError(f"cannot read raster data ({exc})", info.path) from exc
+            raise GeoJepaError(
+                f"cannot read raster data ({_reason(exc, info.path)})", info.path
+            ) from exc
         values = dst[:nb]
         valid = dst[nb] > 0
         if np.issubdtype(values.dtype, np.floating):
@@ -464,7 +483,13 @@ class GeoTiffSource(ImagerySource):
             return info.palette[values[0].astype(np.uint8)]
         if values.dtype != np.uint8:
             if info.stretch is None:
-                info.stretch = _compute_stretch(self._dataset(index, -1), info.rgb_bands)
+                try:
+                    info.stretch = _compute_stretch(self._dataset(index, -1), info.rgb_bands)
+                except rasterio.errors.RasterioError as exc:
+                    raise GeoJepaError(
+                        f"cannot read raster values for the stretch ({_reason(exc, info.path)})",
+                        info.path,
+                    ) from exc
             lo, hi = info.stretch
             scaled = (values - lo[:, None, None].astype(np.float32)) * (
                 255.0 / (hi - lo)
@@ -644,7 +669,7 @@ class XyzTileSource(ImagerySource):
                 return im.convert("RGBA" if has_alpha else "RGB")
         except (OSError, ValueError, SyntaxError, UnidentifiedImageError,
                 Image.DecompressionBombError) as exc:
-            raise GeoJepaError(f"cannot decode tile image ({exc})", path) from exc
+            raise GeoJepaError(f"cannot decode tile image ({_reason(exc, path)})", path) from exc
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -754,10 +779,10 @@ def open_imagery(paths: Sequence[str | Path] | str | Path) -> ImagerySource:
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    items = [Path(p) for p in paths]
+    items = [os.fspath(p) for p in paths]
     if not items:
         raise GeoJepaError("no imagery given")
-    folders = [p for p in items if p.is_dir()]
+    folders = [p for p in items if not _is_remote(p) and Path(p).is_dir()]
     if folders:
         if len(items) != 1:
             raise GeoJepaError(
@@ -765,7 +790,7 @@ def open_imagery(paths: Sequence[str | Path] | str | Path) -> ImagerySource:
             )
         return XyzTileSource(folders[0])
     for p in items:
-        if not _is_remote(str(p)) and not p.exists():
+        if not _is_remote(p) and not Path(p).exists():
             raise GeoJepaError("imagery file or folder not found", p)
     return GeoTiffSource(items)
 

