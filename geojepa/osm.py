@@ -150,16 +150,26 @@ def location_storage(path: Path) -> str:
     return f"dense_file_array,{path.with_name(path.name + f'.nodes-{os.getpid()}.tmp')}"
 
 
-def _relation_members(path: Path, tag_filter: TagFilter) -> osmium.IdTracker:
-    """First pass: the members of relations with kept tags, tracked on the C++ side."""
-    tracker = osmium.IdTracker()
+def _relation_members(path: Path, tag_filter: TagFilter) -> tuple[set[int], set[int]]:
+    """First pass: ids of ways and nodes that are members of relations with kept tags.
+
+    Python sets, not ``osmium.IdTracker``: the tracker's bitmaps grow with the largest id and
+    cost far more time and memory for the scattered ids of real extracts.
+    """
+    ways: set[int] = set()
+    nodes: set[int] = set()
     processor = osmium.FileProcessor(str(path), osmium.osm.RELATION).with_filter(
         osmium.filter.EmptyTagFilter()
     )
     for rel in processor:
-        if any(tag_filter.keep(t.k) for t in rel.tags if t.k != "type"):
-            tracker.add_references(rel)
-    return tracker
+        if not any(tag_filter.keep(t.k) for t in rel.tags if t.k != "type"):
+            continue
+        for m in rel.members:
+            if m.type == "w":
+                ways.add(m.ref)
+            elif m.type == "n":
+                nodes.add(m.ref)
+    return ways, nodes
 
 
 def _way_wkb(factory: osmium.geom.WKBFactory, way: osmium.osm.Way) -> str | bytes | None:
@@ -219,8 +229,10 @@ def read_entities(
         raise GeoJepaError("OSM file not found", path)
     storage = location_storage(path)
     try:
-        members = _relation_members(path, tag_filter)
-        yield from _read_main_pass(path, storage, tag_filter, batch_size, stats, members)
+        member_ways, member_nodes = _relation_members(path, tag_filter)
+        yield from _read_main_pass(
+            path, storage, tag_filter, batch_size, stats, member_ways, member_nodes
+        )
     except (RuntimeError, ValueError, OSError) as err:
         raise GeoJepaError(f"cannot read OSM data ({err})", path) from err
     finally:
@@ -234,15 +246,14 @@ def _read_main_pass(
     tag_filter: TagFilter,
     batch_size: int,
     stats: ReadStats,
-    members: osmium.IdTracker,
+    member_ways: set[int],
+    member_nodes: set[int],
 ) -> Iterator[EntityBatch]:
     """Second pass over the file: every tagged object becomes a record."""
     factory = osmium.geom.WKBFactory()
     way_geoms: dict[int, str | bytes] = {}
     node_points: dict[int, tuple[float, float]] = {}
     keep = tag_filter.keep
-    member_ways = members.way_ids()
-    member_nodes = members.node_ids()
     batch = EntityBatch()
     processor = (
         osmium.FileProcessor(str(path))
@@ -256,7 +267,7 @@ def _read_main_pass(
             if not loc.valid():
                 stats.no_geometry += 1
                 continue
-            if member_nodes.get(obj.id):
+            if obj.id in member_nodes:
                 node_points[obj.id] = (loc.lon, loc.lat)
             tags = [f"{t.k}={t.v}" for t in obj.tags if keep(t.k)]
             if not tags:
@@ -266,7 +277,7 @@ def _read_main_pass(
         elif obj.is_way():
             stats.ways += 1
             tags = [f"{t.k}={t.v}" for t in obj.tags if keep(t.k)]
-            is_member = member_ways.get(obj.id)
+            is_member = obj.id in member_ways
             if not tags and not is_member:
                 continue
             wkb = _way_wkb(factory, obj)

@@ -273,9 +273,10 @@ def assemble_bucket(bucket_path: Path, shard_path: Path, settings: ShardSettings
     n_entities = np.diff(offsets)
     images, coverage = _tile_images(tx, ty, settings, result)
 
-    tags = pc.list_flatten(entities.field("tags"))
-    for row in pc.value_counts(tags).to_pylist():
-        result.vocab[row["values"]] += row["counts"]
+    counts = pc.value_counts(pc.list_flatten(entities.field("tags")))
+    result.vocab.update(
+        dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+    )
     for name, count in zip(split, n_entities, strict=True):
         result.tiles[name] += 1
         result.entities[name] += int(count)
