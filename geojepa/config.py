@@ -22,6 +22,8 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _base_type(args[0])[0], True
+    if origin is typing.Literal:
+        return type(typing.get_args(annotation)[0]), False
     return annotation, False
 
 
