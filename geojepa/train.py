@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,11 @@ from geojepa.dataset.reader import TileDataset
 from geojepa.errors import GeoJepaError
 from geojepa.model.jepa import GeoJEPA, GeoJEPAConfig, config_from_preset
 from geojepa.model.schedules import apply_schedules, cosine_increase, linear, param_groups, warmup_cosine
+
+# The streaming dataset deals batches to workers and ranks itself, and the EMA target and
+# frozen encoders are in eval mode on purpose: Lightning's generic warnings about both do not apply.
+warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
 
 RUN_CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -117,6 +124,7 @@ class GeoJEPAModule(L.LightningModule):
         self.train_config = build(TrainConfig, train, "train config")
         self.model = GeoJEPA(self.model_config)
         self.mask_generator = torch.Generator().manual_seed(self.train_config.seed)
+        self.vocabulary: list[str] = []
         self._tick: float | None = None
 
     def setup(self, stage: str) -> None:
@@ -130,7 +138,10 @@ class GeoJEPAModule(L.LightningModule):
 
     def _schedule(self) -> tuple[float, float, float]:
         c = self.train_config
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        # Planned optimiser steps of the whole run: --max-steps may stop it early, and --resume
+        # continues it, without changing the schedules.
+        batches = int(self.trainer.num_training_batches)
+        total = max(1, batches * c.epochs // max(1, c.accumulate))
         step = self.global_step
         lr = warmup_cosine(step, total, c.warmup_frac, c.lr, c.min_lr)
         wd = cosine_increase(step, total, c.weight_decay_start, c.weight_decay_end)
@@ -165,13 +176,16 @@ class GeoJEPAModule(L.LightningModule):
         self.model.ema_step(self._schedule()[2])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the mask generator's state, so a resumed run draws the same masks."""
+        """Keep the mask generator's state (a resumed run draws the same masks) and the tag
+        vocabulary (so the checkpoint embeds any dataset, wherever it is loaded)."""
         checkpoint["mask_generator"] = self.mask_generator.get_state()
+        checkpoint["torch_rng"] = torch.get_rng_state()
+        checkpoint["vocabulary"] = list(self.vocabulary)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the mask generator."""
-        if "mask_generator" in checkpoint:
-            self.mask_generator.set_state(checkpoint["mask_generator"])
+        """Restore the mask generator and the global generator (dropout)."""
+        self.mask_generator.set_state(checkpoint["mask_generator"])
+        torch.set_rng_state(checkpoint["torch_rng"])
 
 
 class TileDataModule(L.LightningDataModule):
@@ -227,6 +241,7 @@ def pretrain(
     train: TrainConfig | None = None,
     model_overrides: dict[str, Any] | None = None,
     resume: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Pretrain GeoJEPA on a dataset and return the path of the last checkpoint.
 
@@ -236,6 +251,7 @@ def pretrain(
         train: Training settings.
         model_overrides: ``GeoJEPAConfig`` fields that override the preset.
         resume: Continue from ``out/checkpoints/last.ckpt`` (optimiser, schedules, data order).
+        callbacks: Extra Lightning callbacks.
 
     Raises:
         GeoJepaError: Bad settings, an existing run without ``resume``, or a loss that turned NaN.
@@ -255,26 +271,34 @@ def pretrain(
 
     L.seed_everything(train.seed, workers=True, verbose=False)
     module = GeoJEPAModule(model_config.to_dict(), asdict(train))
+    module.vocabulary = TagVocabulary.of(TileDataset(dataset)).tags.to_pylist()
     data = TileDataModule(dataset, train, model_config.image_size if model_config.uses_images else None)
     checkpoints = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                         every_n_epochs=train.checkpoint_every, save_top_k=-1, save_last=True),
     ]
-    callbacks: list[Callback] = [*checkpoints, _EpochStream(data)]
+    all_callbacks: list[Callback] = [*checkpoints, _EpochStream(data), *callbacks]
     if train.progress:
-        callbacks.append(RichProgressBar())
+        all_callbacks.append(RichProgressBar())
     trainer = L.Trainer(
         accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
         strategy=train.strategy, precision=train.precision, max_epochs=train.epochs,
         max_steps=train.max_steps, accumulate_grad_batches=train.accumulate,
-        gradient_clip_val=train.grad_clip or None, callbacks=callbacks,
-        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="")],
+        gradient_clip_val=train.grad_clip or None, callbacks=all_callbacks,
+        logger=[CSVLogger(out / "logs", name="csv", version=_session(out / "logs" / "csv")),
+                TensorBoardLogger(out, name="logs", version="")],
         log_every_n_steps=train.log_every, use_distributed_sampler=False,
         enable_progress_bar=train.progress, enable_model_summary=train.progress,
         num_sanity_val_steps=0, default_root_dir=out,
     )
     trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
     return last
+
+
+def _session(folder: Path) -> str:
+    """Name of this session's CSV log folder: ``session0``, then ``session1`` after a resume..."""
+    n = len(list(folder.glob("session*"))) if folder.is_dir() else 0
+    return f"session{n}"
 
 
 class _EpochStream(Callback):

@@ -1,0 +1,196 @@
+"""Load a pretrained checkpoint and embed a dataset's tiles, entities and image patches.
+
+Inference uses the EMA target encoder on every token of a tile. A tile's embedding is
+``[masked max, masked mean]`` over its valid tokens only (``2d`` numbers), so it does not depend on
+its batch-mates; an entity's (or image patch's) embedding is its token (``d`` numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from geojepa.dataset.loader import TagVocabulary, TileStream
+from geojepa.errors import GeoJepaError
+from geojepa.model.batch import TileBatch
+from geojepa.model.jepa import GeoJEPA, GeoJEPAConfig
+from geojepa.model.text import cache_path, tag_embedding_table
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with the settings and vocabulary it was trained with."""
+
+    model: GeoJEPA
+    config: GeoJEPAConfig
+    vocabulary: list[str]
+    train: dict[str, Any]
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a ``geojepa pretrain`` checkpoint without unpickling arbitrary objects.
+
+    The frozen tag table is read from the cache named in the settings; when that file is gone
+    (the checkpoint was moved) it is rebuilt beside the checkpoint from the stored vocabulary.
+
+    Args:
+        path: A ``.ckpt`` file.
+        device: Where to put the model.
+
+    Raises:
+        GeoJepaError: The file is missing or is not a geojepa checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GeoJepaError("checkpoint not found", path)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for foreign or corrupt files
+        raise GeoJepaError(f"not a loadable checkpoint ({type(err).__name__})", path) from err
+    if "hyper_parameters" not in raw or "vocabulary" not in raw:
+        raise GeoJepaError("not a geojepa checkpoint", path)
+    hparams = raw["hyper_parameters"]
+    vocabulary = list(raw["vocabulary"])
+    config = GeoJEPAConfig.from_dict(dict(hparams["model"]))
+    if config.uses_tag_table and (config.tag_table is None or not Path(config.tag_table).is_file()):
+        tag_embedding_table(path.parent, vocabulary)
+        config.tag_table = cache_path(path.parent, vocabulary)
+    model = GeoJEPA(config)
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
+    model.load_state_dict(state)
+    model.eval().to(device)
+    return Checkpoint(model, config, vocabulary, dict(hparams["train"]))
+
+
+@dataclass
+class Embeddings:
+    """Embeddings of a set of tiles.
+
+    Attributes:
+        tiles: ``[T, 3]`` z, x, y.
+        tile: ``[T, 2d]`` tile embeddings.
+        entity_tile: ``[E]`` row in ``tiles`` of each entity.
+        entity_index: ``[E]`` position of the entity in its tile (the dataset's stored order).
+        entity: ``[E, d]`` entity embeddings.
+        patch_tile: ``[P]`` row in ``tiles`` of each image patch.
+        patch_index: ``[P]`` patch number (row-major, north-west first).
+        patch: ``[P, d]`` patch embeddings.
+    """
+
+    tiles: NDArray[np.int64]
+    tile: NDArray[np.float32]
+    entity_tile: NDArray[np.int64]
+    entity_index: NDArray[np.int64]
+    entity: NDArray[np.float32]
+    patch_tile: NDArray[np.int64]
+    patch_index: NDArray[np.int64]
+    patch: NDArray[np.float32]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Embeddings]) -> Embeddings:
+        """Join batches, renumbering tile rows."""
+        offsets = np.cumsum([0] + [len(p.tiles) for p in parts[:-1]])
+        return cls(
+            tiles=np.concatenate([p.tiles for p in parts]),
+            tile=np.concatenate([p.tile for p in parts]),
+            entity_tile=np.concatenate([p.entity_tile + o for p, o in zip(parts, offsets, strict=True)]),
+            entity_index=np.concatenate([p.entity_index for p in parts]),
+            entity=np.concatenate([p.entity for p in parts]),
+            patch_tile=np.concatenate([p.patch_tile + o for p, o in zip(parts, offsets, strict=True)]),
+            patch_index=np.concatenate([p.patch_index for p in parts]),
+            patch=np.concatenate([p.patch for p in parts]),
+        )
+
+
+def iter_embeddings(
+    checkpoint: Checkpoint,
+    dataset: str | Path,
+    splits: Sequence[str] | None = None,
+    batch_size: int = 64,
+    tokens: bool = True,
+    progress: bool = True,
+) -> Iterator[Embeddings]:
+    """Embed a dataset batch by batch, in stored tile order.
+
+    Args:
+        checkpoint: From :func:`load_checkpoint`.
+        dataset: Dataset folder (its tags are mapped through the checkpoint's vocabulary; tags the
+            model never saw count as absent).
+        splits: Splits to embed; None for all tiles.
+        batch_size: Tiles per forward pass.
+        tokens: Also return entity and patch embeddings.
+        progress: Show a progress bar.
+
+    Yields:
+        One :class:`Embeddings` per batch.
+    """
+    model, config = checkpoint.model, checkpoint.config
+    device = next(model.parameters()).device
+    stream = TileStream(
+        dataset, splits=splits, batch_size=batch_size, vocab=TagVocabulary(checkpoint.vocabulary),
+        shuffle=False, image_size=config.image_size if config.uses_images else None,
+        max_tags=int(checkpoint.train.get("max_tags", 32)), max_vertices=config.max_vertices,
+    )
+    if config.uses_images and not stream.ds.manifest.has_imagery:
+        raise GeoJepaError("the model uses images (I) but the dataset has no imagery", dataset)
+    entities_first = bool(set(config.modalities) & {"G", "T"})
+    bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   disable=not progress)
+    with bar, torch.inference_mode():
+        task = bar.add_task("embed", total=stream.num_tiles())
+        for batch in stream:
+            batch = batch.to(device)
+            tok, valid, tile_emb = model.embed(batch)
+            yield _split_tokens(batch, tok, valid, tile_emb, entities_first, tokens)
+            bar.advance(task, batch.size)
+
+
+def _split_tokens(
+    batch: TileBatch, tok: torch.Tensor, valid: torch.Tensor, tile_emb: torch.Tensor,
+    entities_first: bool, tokens: bool,
+) -> Embeddings:
+    """Cut a batch's token embeddings into tile, entity and patch rows."""
+    d = tok.shape[-1]
+    none = np.zeros(0, np.int64)
+    out = Embeddings(
+        tiles=batch.tiles.cpu().numpy(), tile=tile_emb.float().cpu().numpy(),
+        entity_tile=none, entity_index=none, entity=np.zeros((0, d), np.float32),
+        patch_tile=none, patch_index=none, patch=np.zeros((0, d), np.float32),
+    )
+    if not tokens:
+        return out
+    n = batch.valid.shape[1] if entities_first else 0
+    if n:
+        t, i = torch.nonzero(valid[:, :n], as_tuple=True)
+        out.entity_tile, out.entity_index = t.cpu().numpy(), i.cpu().numpy()
+        out.entity = tok[t, i].float().cpu().numpy()
+    if tok.shape[1] > n:
+        t, i = torch.nonzero(valid[:, n:], as_tuple=True)
+        out.patch_tile, out.patch_index = t.cpu().numpy(), i.cpu().numpy()
+        out.patch = tok[t, i + n].float().cpu().numpy()
+    return out
+
+
+def embed_dataset(
+    checkpoint: str | Path | Checkpoint,
+    dataset: str | Path,
+    splits: Sequence[str] | None = None,
+    batch_size: int = 64,
+    tokens: bool = True,
+    progress: bool = True,
+) -> Embeddings:
+    """Embed a whole dataset (or some splits) into memory; see :func:`iter_embeddings`."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    parts = list(iter_embeddings(ckpt, dataset, splits, batch_size, tokens, progress))
+    if not parts:
+        raise GeoJepaError("no tiles to embed", dataset)
+    return Embeddings.concat(parts)
+

@@ -1,0 +1,161 @@
+"""Pretraining end to end: the loss falls without collapse, checkpoints reload, runs resume, DDP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from geojepa.embed import embed_dataset, load_checkpoint
+from geojepa.errors import GeoJepaError
+from geojepa.prepare import PrepareConfig, prepare
+from geojepa.synth import SynthConfig, write_synthetic_city
+from geojepa.train import GeoJEPAModule, TrainConfig, pretrain
+
+TINY = {"d": 64, "depth": 2, "heads": 4, "predictor_d": 32, "predictor_depth": 1, "predictor_heads": 4,
+        "geometry_dim": 16, "geometry_depth": 1, "geometry_heads": 2}
+
+
+def _train(**kw: object) -> TrainConfig:
+    base = {"preset": "small", "batch_size": 8, "progress": False, "log_every": 1, "lr": 1e-3}
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def helsinki(helsinki_pbf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "hel17"
+    config = PrepareConfig(zoom=17, workers=0, max_entities=200, split_fractions=(1.0, 0.0, 0.0))
+    prepare([helsinki_pbf], out, config=config, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("city")
+    synth = write_synthetic_city(root / "src", SynthConfig(size_km=1.0, seed=1, pixel_size_m=2.0))
+    out = root / "ds"
+    prepare([synth.pbf_path], out, imagery=[synth.image_path],
+            config=PrepareConfig(zoom=17, workers=0, image_size=64, split_fractions=(1.0, 0.0, 0.0)),
+            progress=False)
+    return out
+
+
+def _metrics(run: Path) -> pd.DataFrame:
+    sessions = sorted((run / "logs" / "csv").glob("session*/metrics.csv"))
+    frame = pd.concat([pd.read_csv(p) for p in sessions], ignore_index=True)
+    return frame.dropna(subset=["train/loss"])
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_training_on_helsinki_lowers_loss_without_collapse(helsinki: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    pretrain(helsinki, run, _train(epochs=8), {"modalities": "GT"})
+    m = _metrics(run)
+    losses = m["train/loss"].to_numpy()
+    assert len(losses) >= 80
+    assert losses[-15:].mean() < 0.8 * losses[:15].mean()
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    emb = embed_dataset(ckpt, helsinki, progress=False)
+    assert emb.tile.shape == (emb.tiles.shape[0], 2 * ckpt.config.d)
+    assert np.isfinite(emb.tile).all()
+    # Not collapsed: tiles differ from each other, entity tokens too.
+    assert emb.tile.std(axis=0).mean() > 0.05
+    # ...and span more than one direction: participation ratio of the centred spectrum.
+    s = np.linalg.svd(emb.tile - emb.tile.mean(0), compute_uv=False) ** 2
+    assert s.sum() ** 2 / (s**2).sum() > 2.0
+    assert emb.entity.std(axis=0).mean() > 0.05
+    # Every checkpoint is kept (early ones often probe best).
+    assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 8
+
+
+def test_multimodal_training_on_synthetic_city(city: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    pretrain(city, run, _train(epochs=4, batch_size=4), {**TINY, "modalities": "GTI", "image_size": 64,
+                                                           "tag_encoder": "learned", "tag_dim": 32})
+    m = _metrics(run)
+    losses = m["train/loss"].to_numpy()
+    assert losses[-5:].mean() < losses[:5].mean()
+    assert m["train/target_std"].to_numpy()[-5:].mean() > 0.01
+    emb = embed_dataset(run / "checkpoints" / "last.ckpt", city, progress=False)
+    assert emb.patch.shape[0] == emb.tiles.shape[0] * (64 // 16) ** 2
+    assert emb.entity.shape[0] > 0 and np.isfinite(emb.patch).all()
+
+
+def test_checkpoint_embeddings_equal_the_trained_model(helsinki: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    pretrain(helsinki, run, _train(epochs=1), {**TINY, "modalities": "T"})
+    ckpt_path = run / "checkpoints" / "last.ckpt"
+    module = GeoJEPAModule.load_from_checkpoint(ckpt_path, weights_only=True)
+    module.model.eval()
+    loaded = load_checkpoint(ckpt_path)
+    a = embed_dataset(loaded, helsinki, batch_size=16, progress=False)
+    loaded.model = module.model
+    b = embed_dataset(loaded, helsinki, batch_size=5, progress=False)
+    assert np.array_equal(a.tiles, b.tiles)
+    np.testing.assert_allclose(a.tile, b.tile, atol=1e-5)
+    np.testing.assert_allclose(a.entity, b.entity, atol=1e-5)
+
+
+def test_resume_continues_where_it_stopped(helsinki: Path, tmp_path: Path) -> None:
+    settings = {**TINY, "modalities": "T", "dropout": 0.1}
+    pretrain(helsinki, tmp_path / "a", _train(epochs=2), settings)
+    steps_per_epoch = int(_metrics(tmp_path / "a")["step"].max() + 1) // 2
+    pretrain(helsinki, tmp_path / "b", _train(epochs=2, max_steps=steps_per_epoch), settings)
+    with pytest.raises(GeoJepaError, match="already has checkpoints"):
+        pretrain(helsinki, tmp_path / "b", _train(epochs=2), settings)
+    pretrain(helsinki, tmp_path / "b", _train(epochs=2), settings, resume=True)
+    a = _weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    b = _weights(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    la = _metrics(tmp_path / "a")
+    lb = _metrics(tmp_path / "b")
+    np.testing.assert_allclose(la["sched/lr"].to_numpy(), lb["sched/lr"].to_numpy())
+
+
+class _RankWeights(L.Callback):
+    """Write each rank's final online weights to a file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def test_two_process_ddp_keeps_ranks_identical(helsinki: Path, tmp_path: Path) -> None:
+    train = _train(epochs=1, devices=2, strategy="ddp_spawn", max_steps=3)
+    pretrain(helsinki, tmp_path / "run", train, {**TINY, "modalities": "T"}, callbacks=[_RankWeights(tmp_path)])
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    init = GeoJEPAModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert r0.keys() == r1.keys()
+    for key in r0:
+        torch.testing.assert_close(r0[key], r1[key], msg=key)
+    # ...and they trained: the weights moved away from a fresh initialisation.
+    fresh = GeoJEPAModule(init.hparams["model"], init.hparams["train"]).state_dict()
+    moved = [k for k in r0 if r0[k].dtype.is_floating_point and not torch.equal(r0[k], fresh[k])]
+    assert moved
+
+
+def test_nan_loss_stops_with_a_clear_message(helsinki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from geojepa.model.jepa import GeoJEPA
+
+    original = GeoJEPA.forward_loss
+
+    def diverging(self: GeoJEPA, *args: object, **kwargs: object) -> tuple[torch.Tensor, dict]:
+        loss, logs = original(self, *args, **kwargs)
+        return loss * float("nan"), logs
+
+    monkeypatch.setattr(GeoJEPA, "forward_loss", diverging)
+    with pytest.raises(GeoJepaError, match="loss became nan at step 0"):
+        pretrain(helsinki, tmp_path / "run", _train(epochs=1), {**TINY, "modalities": "T", "tag_encoder": "learned", "tag_dim": 16})
