@@ -165,11 +165,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_pretrain(sub: argparse._SubParsersAction) -> None:
-    from geojepa.config import add_dataclass_flags
-    from geojepa.model.jepa import GeoJEPAConfig
-    from geojepa.train import TrainConfig
-
+def _add_pretrain(sub: argparse._SubParsersAction, full: bool) -> None:
     p = sub.add_parser(
         "pretrain",
         help="self-supervised JEPA pretraining on a dataset",
@@ -181,8 +177,13 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder")
     p.add_argument("--config", type=Path, help="YAML with train: and model: sections")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    add_dataclass_flags(p, TrainConfig)
-    add_dataclass_flags(p, GeoJEPAConfig, prefix="model-", skip=("vocab_size", "tag_table", "mask"))
+    if full:  # the flags need torch and Lightning: only import them when pretrain runs
+        from geojepa.config import add_dataclass_flags
+        from geojepa.model.jepa import GeoJEPAConfig
+        from geojepa.train import TrainConfig
+
+        add_dataclass_flags(p, TrainConfig)
+        add_dataclass_flags(p, GeoJEPAConfig, prefix="model-", skip=("vocab_size", "tag_table", "mask"))
     p.set_defaults(func=_run_pretrain)
 
 
@@ -219,22 +220,29 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every sub-command."""
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Build the argument parser with every sub-command.
+
+    Args:
+        argv: The arguments about to be parsed; the many typed flags of ``pretrain`` are only
+            built when it is the command (they import torch).
+    """
     parser = argparse.ArgumentParser(
         prog="geojepa",
         description="GeoJEPA: self-supervised embeddings of map tiles and OSM entities.",
     )
     parser.add_argument("--version", action="version", version=f"geojepa {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_prepare, _add_info, _add_export, _add_synth, _add_pretrain):
+    for add in (_add_demo, _add_prepare, _add_info, _add_export, _add_synth):
         add(sub)
+    _add_pretrain(sub, full="pretrain" in argv)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return its exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -53,3 +53,30 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path: Path) -> None:
     assert res.returncode == 2 and "not a geojepa dataset" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_pretrain_from_yaml_with_flag_overrides(tmp_path: Path) -> None:
+    import yaml
+
+    from test_prepare import prepare_fixture_dataset
+
+    data = prepare_fixture_dataset(tmp_path / "ds")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "train": {"epochs": 1, "batch_size": 2, "max_steps": 2, "lr": 0.01},
+        "model": {"d": 32, "depth": 1, "heads": 2, "predictor_d": 16, "predictor_depth": 1,
+                  "predictor_heads": 2, "modalities": "GT", "tag_encoder": "learned", "tag_dim": 8},
+    }))
+    run_dir = tmp_path / "run"
+    res = run("pretrain", str(data), "-o", str(run_dir), "--config", str(cfg), "--lr", "0.002",
+              "--progress", "false", "--model-geometry-dim", "8", "--model-geometry-heads", "2")
+    assert res.returncode == 0, res.stderr[-2000:]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["lr"] == 0.002 and saved["train"]["epochs"] == 1
+    assert saved["model"]["d"] == 32 and saved["model"]["geometry_dim"] == 8
+    assert saved["model"]["vocab_size"] > 0
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    bad = run("pretrain", str(data), "-o", str(tmp_path / "r2"), "--lr", "fast")
+    assert bad.returncode == 2 and "--lr" in bad.stderr
+    res = run("pretrain", str(data), "-o", str(run_dir), "--config", str(cfg))
+    assert res.returncode == 2 and "already has checkpoints" in res.stderr

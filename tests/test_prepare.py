@@ -18,11 +18,18 @@ from geojepa.tiles import Tile
 from osm_fixture import SPARSE_TILE, X0, Y0, tile_corner
 
 
+def prepare_fixture_dataset(out: Path) -> Path:
+    """Prepare the hand-made OSM file of :mod:`osm_fixture` into ``out``."""
+    from osm_fixture import write_fixture
+
+    osm = write_fixture(out.parent / "fixture.osm")
+    prepare([osm], out, config=PrepareConfig(workers=0), progress=False)
+    return out
+
+
 @pytest.fixture(scope="module")
-def dataset(fixture_osm: Path, tmp_path_factory: pytest.TempPathFactory) -> TileDataset:
-    out = tmp_path_factory.mktemp("prep") / "ds"
-    prepare([fixture_osm], out, config=PrepareConfig(workers=0), progress=False)
-    return TileDataset(out)
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> TileDataset:
+    return TileDataset(prepare_fixture_dataset(tmp_path_factory.mktemp("prep") / "ds"))
 
 
 def _entities(ds: TileDataset) -> dict[tuple[int, int], list[dict]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -121,27 +123,45 @@ def test_resume_continues_where_it_stopped(helsinki: Path, tmp_path: Path) -> No
     np.testing.assert_allclose(la["sched/lr"].to_numpy(), lb["sched/lr"].to_numpy())
 
 
-class _RankWeights(L.Callback):
-    """Write each rank's final online weights to a file."""
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+import lightning as L
+import torch
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+from geojepa.train import TrainConfig, pretrain
+
+
+class RankWeights(L.Callback):
+    def on_train_end(self, trainer, pl_module):
         state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+        torch.save(state, Path(sys.argv[2]) / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    train = TrainConfig(preset="small", batch_size=4, epochs=1, max_steps=3, devices=2, strategy="ddp",
+                        progress=False, log_every=1)
+    model = dict(d=64, depth=2, heads=4, predictor_d=32, predictor_depth=1, predictor_heads=4,
+                 modalities="T", tag_encoder="learned", tag_dim=16)
+    pretrain(sys.argv[1], Path(sys.argv[2]) / "run", train, model, callbacks=[RankWeights()])
+"""
 
 
 def test_two_process_ddp_keeps_ranks_identical(helsinki: Path, tmp_path: Path) -> None:
-    train = _train(epochs=1, devices=2, strategy="ddp_spawn", max_steps=3)
-    pretrain(helsinki, tmp_path / "run", train, {**TINY, "modalities": "T"}, callbacks=[_RankWeights(tmp_path)])
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    res = subprocess.run([sys.executable, str(script), str(helsinki), str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    init = GeoJEPAModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert r0.keys() == r1.keys()
     for key in r0:
         torch.testing.assert_close(r0[key], r1[key], msg=key)
-    # ...and they trained: the weights moved away from a fresh initialisation.
+    # ...and they trained: the weights moved away from the initialisation both ranks started from.
+    init = GeoJEPAModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    L.seed_everything(0, verbose=False)
     fresh = GeoJEPAModule(init.hparams["model"], init.hparams["train"]).state_dict()
     moved = [k for k in r0 if r0[k].dtype.is_floating_point and not torch.equal(r0[k], fresh[k])]
     assert moved
