@@ -55,7 +55,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="split fractions of the groups (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers,
-                   help=f"worker processes, 0 = none (default {d.workers})")
+                   help="worker processes; 0 = none, -1 = automatic (none under 16 MiB of input)")
     p.add_argument("--exclude-tags", nargs="*", metavar="PATTERN", default=None,
                    help="key patterns to drop, replacing the default list: "
                    + " ".join(DEFAULT_EXCLUDED_KEYS))

@@ -17,7 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,23 @@ BUCKET_BYTES = 8 << 20
 MAX_BUCKETS = 1024
 
 
+INLINE_BYTES = 16 << 20
+"""Inputs smaller than this are prepared in this process by default: starting worker processes
+costs more than they save."""
+
+
 def default_workers() -> int:
-    """Worker processes used by default: the CPUs this process may use, at most 8."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """Worker processes used for large inputs: the CPUs this process may use, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def resolve_workers(workers: int, input_bytes: int) -> int:
+    """Worker processes to use: ``workers`` if given (>= 0), else 0 for small inputs and
+    :func:`default_workers` for large ones."""
+    if workers >= 0:
+        return workers
+    return 0 if input_bytes < INLINE_BYTES else default_workers()
 
 
 @dataclass
@@ -74,7 +88,8 @@ class PrepareConfig:
         group_zoom: Zoom of the split groups.
         split_fractions: Train, val and test fractions of the groups.
         seed: Seed of the split and of the capping sample.
-        workers: Worker processes (0: everything in this process).
+        workers: Worker processes (0: everything in this process; -1: automatic, none for
+            inputs under 16 MiB, else one per CPU up to 8).
         bbox: Optional ``(west, south, east, north)`` in degrees.
         excluded_tags: Key patterns that never reach the dataset.
         image_format: Encoding of tile images: ``webp``, ``png`` or ``jpeg``.
@@ -91,7 +106,7 @@ class PrepareConfig:
     group_zoom: int = 14
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
-    workers: int = field(default_factory=default_workers)
+    workers: int = -1
     bbox: tuple[float, float, float, float] | None = None
     excluded_tags: tuple[str, ...] = DEFAULT_EXCLUDED_KEYS
     image_format: str = "webp"
@@ -298,13 +313,14 @@ def _prepare_into(
     tag_filter = TagFilter(config.excluded_tags)
     reading = bars.add_task("reading OSM", total=None, unit="entities")
 
-    with _executor(config.workers) as pool:
+    workers = resolve_workers(config.workers, total_bytes)
+    with _executor(workers) as pool:
         batches = (
             (_cut, (batch, grid))
             for path in osm
             for batch in read_entities(path, tag_filter, config.batch_size, read_stats)
         )
-        for table, stats in _ordered(pool, batches, in_flight=2 * max(config.workers, 1)):
+        for table, stats in _ordered(pool, batches, in_flight=2 * max(workers, 1)):
             spill.write(table)
             for name in ("entities", "pieces", "outside", "oversized"):
                 setattr(piece_stats, name, getattr(piece_stats, name) + getattr(stats, name))
@@ -339,7 +355,7 @@ def _prepare_into(
             for b in buckets
         )
         results: list[ShardResult] = []
-        for result in _ordered(pool, calls, in_flight=2 * max(config.workers, 1)):
+        for result in _ordered(pool, calls, in_flight=2 * max(workers, 1)):
             results.append(result)
             bars.advance(writing)
     shutil.rmtree(spill.folder)
