@@ -131,6 +131,23 @@ def test_same_inputs_give_same_content(fixture_osm: Path, tmp_path: Path) -> Non
     assert len(a) == len(b) and all(x.equals(y) for x, y in zip(a, b, strict=True))
 
 
+def test_compressed_xml_and_several_inputs(fixture_osm: Path, tmp_path: Path) -> None:
+    import bz2
+
+    packed = tmp_path / "fixture.osm.bz2"
+    packed.write_bytes(bz2.compress(fixture_osm.read_bytes()))
+    prepare([fixture_osm], tmp_path / "a", config=PrepareConfig(workers=0), progress=False)
+    prepare([packed], tmp_path / "b", config=PrepareConfig(workers=0), progress=False)
+    a = [pq.read_table(p) for p in TileDataset(tmp_path / "a").shard_paths]
+    b = [pq.read_table(p) for p in TileDataset(tmp_path / "b").shard_paths]
+    assert all(x.equals(y) for x, y in zip(a, b, strict=True))
+    # The same objects from two files are kept once per tile.
+    prepare([fixture_osm, packed], tmp_path / "c", config=PrepareConfig(workers=0), progress=False)
+    c = TileDataset(tmp_path / "c")
+    assert c.manifest.counts == TileDataset(tmp_path / "a").manifest.counts
+    assert [i.sha256 for i in c.manifest.inputs][0] != [i.sha256 for i in c.manifest.inputs][1]
+
+
 def test_bbox_limits_tiles(fixture_osm: Path, tmp_path: Path) -> None:
     w, s, e, n = Tile(16, X0, Y0).bounds_lonlat()
     cfg = PrepareConfig(workers=0, bbox=(w + 1e-6, s + 1e-6, e - 1e-6, n - 1e-6))
