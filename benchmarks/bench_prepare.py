@@ -26,25 +26,54 @@ HERE = Path(__file__).resolve().parent
 
 CHILD = textwrap.dedent(
     """
-    import json, resource, sys, time, shutil
+    import json, os, sys, threading, time, shutil
     from pathlib import Path
     sys.path.insert(0, {here!r})
     kind, path, out, workers = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+
+    def rss_kb(pid):
+        try:
+            with open(f"/proc/{{pid}}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def tree_kb():
+        pids, total = [os.getpid()], 0
+        while pids:
+            pid = pids.pop()
+            total += rss_kb(pid)
+            try:
+                for tid in os.listdir(f"/proc/{{pid}}/task"):
+                    with open(f"/proc/{{pid}}/task/{{tid}}/children") as fh:
+                        pids.extend(int(c) for c in fh.read().split())
+            except OSError:
+                pass
+        return total
+
+    peak = [0, 0]
+    done = threading.Event()
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_kb())
+            peak[1] = max(peak[1], rss_kb(os.getpid()))
+            time.sleep(0.02)
+    threading.Thread(target=sample, daemon=True).start()
+    from bare_pass import bare_pass
+    from geojepa.prepare import PrepareConfig, prepare
     t = time.perf_counter()
     if kind == "bare":
-        from bare_pass import bare_pass
         n = bare_pass(path)
-        entities = None
     else:
-        from geojepa.prepare import PrepareConfig, prepare
         m = prepare([path], out, config=PrepareConfig(workers=workers), overwrite=True, progress=False)
         n = m.report["cut"]["entities"]
-        entities = n
         tiles = sum(c["tiles"] for c in m.counts.values())
     wall = time.perf_counter() - t
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({{"wall": wall, "count": n, "self_mb": self_kb / 1024, "child_mb": child_kb / 1024,
+    done.set()
+    print(json.dumps({{"wall": wall, "count": n, "total_mb": peak[0] / 1024, "main_mb": peak[1] / 1024,
                       "tiles": None if kind == "bare" else tiles}}))
     if out.exists():
         shutil.rmtree(out)
@@ -64,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--entities", type=int, default=1_000_000)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=-1, help="prepare's --workers (-1: automatic)")
     parser.add_argument("--out", type=Path, default=HERE / "prepare_results.md")
     args = parser.parse_args()
 
@@ -89,8 +118,8 @@ def main() -> None:
             "input": name, "size_mb": path.stat().st_size / 2**20, "objects": bare[0]["count"],
             "entities": ents, "tiles": prep[0]["tiles"], "bare_s": bare_t, "prepare_s": prep_t,
             "ratio": prep_t / bare_t, "entities_per_s": ents / prep_t,
-            "bare_mb": max(r["self_mb"] for r in bare),
-            "main_mb": max(r["self_mb"] for r in prep), "worker_mb": max(r["child_mb"] for r in prep),
+            "bare_mb": max(r["total_mb"] for r in bare),
+            "main_mb": max(r["main_mb"] for r in prep), "total_mb": max(r["total_mb"] for r in prep),
         })
         print(json.dumps(rows[-1]), flush=True)
 
@@ -100,16 +129,16 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, {args.workers} worker processes, "
         f"median of {args.repeats} runs, each in a fresh process. Baseline: `benchmarks/bare_pass.py`, a "
         "pyosmium pass with a node-location index that touches every object's tags and locations.",
-        "Peak memory is the maximum resident set size of the main process and of the largest worker.",
+        "Times start after imports. Peak memory: resident set size sampled every 20 ms in the measured process (main) and summed over it and its worker processes (total).",
         "",
-        "| input | PBF MiB | OSM objects | entities | tiles | bare pass s | prepare s | prepare / bare | entities/s | bare MiB | prepare main MiB | worker MiB |",
+        "| input | PBF MiB | OSM objects | entities | tiles | bare pass s | prepare s | prepare / bare | entities/s | bare MiB | prepare main MiB | prepare total MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['input']} | {r['size_mb']:.1f} | {r['objects']:,} | {r['entities']:,} | {r['tiles']:,} | "
             f"{r['bare_s']:.2f} | {r['prepare_s']:.2f} | {r['ratio']:.2f}x | {r['entities_per_s']:,.0f} | "
-            f"{r['bare_mb']:.0f} | {r['main_mb']:.0f} | {r['worker_mb']:.0f} |"
+            f"{r['bare_mb']:.0f} | {r['main_mb']:.0f} | {r['total_mb']:.0f} |"
         )
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

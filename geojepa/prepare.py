@@ -52,7 +52,7 @@ from geojepa.tags import DEFAULT_EXCLUDED_KEYS, TagFilter
 from geojepa.tiles import tile_bounds_lonlat
 from geojepa.tiling import PieceStats, TileGrid, bbox_grid, cut_batch
 
-BUCKET_BYTES = 8 << 20
+BUCKET_BYTES = 1 << 20
 """Input bytes per bucket: bounds the memory of assembling one bucket."""
 MAX_BUCKETS = 1024
 
