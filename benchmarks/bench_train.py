@@ -156,6 +156,8 @@ def _model_run(args: dict) -> dict:
     from geojepa.model.jepa import GeoJEPA, config_from_preset
     from geojepa.model.schedules import param_groups
 
+    rss_start = _rss_mib()  # Python + torch + geojepa imported, nothing built yet
+
     modalities, mode, precision = args["modalities"], args["mode"], args["precision"]
     overrides = {"vocab_size": args["vocab"], "modalities": modalities, "tag_table": args["table"]}
     if "I" in modalities:
@@ -170,6 +172,11 @@ def _model_run(args: dict) -> dict:
         else contextlib.nullcontext
     )
     rss_model = _rss_mib()
+    unique = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+    weights_mib = sum(t.numel() * t.element_size() for t in unique) / 2**20
+    trainable_mib = sum(
+        p.numel() * p.element_size() for p in model.online_modules().parameters() if p.requires_grad
+    ) / 2**20
     times: list[float] = []
     phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer+ema": []}
     if mode == "train":
@@ -219,6 +226,7 @@ def _model_run(args: dict) -> dict:
             _, _, tiles = model.embed(batch)
         extra = {"finite": bool(torch.isfinite(tiles).all())}
         flop_steps = 1
+    peak_timed, hwm_timed = _rss_mib(), _hwm_mib()  # before the FLOP-counting steps below
     flops = []
     for _ in range(flop_steps):
         with FlopCounterMode(display=False, custom_mapping=_attention_flops()) as counter:
@@ -226,6 +234,8 @@ def _model_run(args: dict) -> dict:
         flops.append(counter.get_total_flops())
     extra["gflop_per_step"] = statistics.mean(flops) / 1e9
     extra["phases"] = {name: statistics.median(values) for name, values in phases.items()}
+    extra.update(rss_start_mib=rss_start, weights_mib=weights_mib, trainable_mib=trainable_mib,
+                 peak_timed_mib=peak_timed, hwm_timed_mib=hwm_timed)
     return {"times": times, "rss_model_mib": rss_model, **extra}
 
 
@@ -283,8 +293,10 @@ def child(spec: str) -> None:
     torch.set_num_interop_threads(1)
     runners = {"matmul": _matmul, "table": _table, "meta": _meta}
     result = runners.get(args["mode"], _model_run)(args)
-    result["peak_rss_mib"] = _rss_mib()
+    result["peak_rss_mib"] = result["peak_all_mib"] = _rss_mib()
     result["vm_hwm_mib"] = _hwm_mib()
+    if "peak_timed_mib" in result:  # the peak of warm-up + timed steps, not of the FLOP counting
+        result["peak_rss_mib"], result["vm_hwm_mib"] = result["peak_timed_mib"], result["hwm_timed_mib"]
     result["torch_threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(result))
 
@@ -580,6 +592,18 @@ def write_report(path: Path, rows: list[dict], mm: dict, meta: dict) -> None:
                 f"{fp['gflop_per_step'] / med / mm['fp32']:.0%} of the big-matmul rate; the target "
                 f"{want:.1f} tiles/s needs {want / tiles * fp['gflop_per_step']:.0f} GFLOP/s "
                 f"({want / tiles * fp['gflop_per_step'] / mm['fp32']:.0%} of it; ceiling {bound:.0f} tiles/s)."
+            )
+    for r in rows:
+        if r["modalities"] == "T" and r["mode"] == "train":
+            grads = r["trainable_mib"]
+            rest = r["peak_rss_mib"] - r["rss_start_mib"] - r["weights_mib"] - 3 * grads
+            lines.append(
+                f"- Peak memory, {r['name']}: {r['peak_rss_mib']:.0f} MiB = {r['rss_start_mib']:.0f} "
+                f"Python + torch + geojepa imported, + {r['weights_mib']:.0f} weights (online + EMA "
+                f"target + frozen tag table), + {grads:.0f} gradients, + {2 * grads:.0f} AdamW moments, "
+                f"+ {rest:.0f} the rest (activations saved for backward, temporaries, autocast's bf16 "
+                f"weight copies, allocator slack). With the FLOP-counting steps after the timed ones "
+                f"the process reached {r['peak_all_mib']:.0f} MiB (masks differ per step)."
             )
     lines += [
         "",
