@@ -234,11 +234,14 @@ def _member_indices(kept: pa.Table, tile_starts: NDArray[np.int64]) -> pa.Array:
     groups = np.flatnonzero(kind == GROUP)
     if len(groups):
         tile_of = np.searchsorted(tile_starts, groups, side="right") - 1
-        raw = kept["members"]
-        for row, t in zip(groups, tile_of, strict=True):
-            start, end = tile_starts[t], ends[t]
-            local = {r: i for i, r in enumerate(ref[start:end].tolist())}
-            members[row] = [local[m] for m in raw[int(row)].as_py() if m in local]
+        raw = kept["members"].combine_chunks()
+        local: dict[int, int] = {}
+        current = -1
+        for row, t in zip(groups.tolist(), tile_of.tolist(), strict=True):
+            if t != current:  # relations are sorted by tile: one lookup table per tile
+                current = t
+                local = {r: i for i, r in enumerate(ref[tile_starts[t] : ends[t]].tolist())}
+            members[row] = [local[m] for m in raw[row].values.to_numpy().tolist() if m in local]
     return pa.array(members, pa.list_(pa.int32()))
 
 
