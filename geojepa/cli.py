@@ -165,6 +165,34 @@ def _run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tasks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tasks", help="build downstream-task labels and masked inputs for a dataset",
+        description="Compute the labels of the five downstream tasks (building_count, max_speed, "
+        "traffic_signals, bridge, car_bridge) from a dataset's OSM tags, write one masked copy of "
+        "the dataset per task with the label-bearing tags and entities removed, and print label "
+        "statistics per split.",
+    )
+    p.add_argument("dataset", type=Path)
+    p.add_argument("-o", "--out", type=Path, help="tasks folder (default DATASET/tasks)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing tasks folder")
+    p.set_defaults(func=_run_tasks)
+
+
+def _run_tasks(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from geojepa.tasks import build_tasks, stats_table
+
+    summary = build_tasks(args.dataset, args.out, overwrite=args.overwrite)
+    console = Console()
+    console.print(stats_table(summary))
+    for mask, removed in summary.removed.items():
+        console.print(f"masked/{mask}: removed {removed['entities']:,} entities and "
+                      f"{removed['tags']:,} tags")
+    return 0
+
+
 def _add_pretrain(sub: argparse._SubParsersAction, full: bool) -> None:
     p = sub.add_parser(
         "pretrain",
@@ -233,7 +261,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"geojepa {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_prepare, _add_info, _add_export, _add_synth):
+    for add in (_add_demo, _add_prepare, _add_info, _add_export, _add_synth, _add_tasks):
         add(sub)
     _add_pretrain(sub, full="pretrain" in argv)
     return parser

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -37,14 +36,16 @@ from rich.progress import (
 from rich.text import Text
 
 from geojepa import __version__
+from geojepa.atomic import atomic_folder
 from geojepa.dataset.manifest import InputFile, Manifest
-from geojepa.dataset.schema import SPLITS, TILES_DIR, VOCAB_NAME, VOCAB_SCHEMA
+from geojepa.dataset.schema import SPLITS, TILES_DIR, VOCAB_NAME
 from geojepa.dataset.writer import (
     BucketSpill,
     ShardResult,
     ShardSettings,
     assemble_bucket,
     assign_splits,
+    write_vocab,
 )
 from geojepa.errors import GeoJepaError
 from geojepa.osm import EntityBatch, ReadStats, read_entities
@@ -201,27 +202,6 @@ def _ordered(
         yield pending.popleft().result()
 
 
-@contextmanager
-def _atomic_folder(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out`` that replaces ``out`` only on success."""
-    if out.exists() and not overwrite:
-        raise GeoJepaError("output exists; pass --overwrite to replace it", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _check_inputs(osm_paths: Sequence[Path]) -> None:
     if not osm_paths:
         raise GeoJepaError("no OSM input given")
@@ -286,7 +266,7 @@ def prepare(
 
         source = open_imagery(imagery_paths)
     try:
-        with _atomic_folder(out, overwrite) as tmp, _progress(console, progress) as bars:
+        with atomic_folder(out, overwrite) as tmp, _progress(console, progress) as bars:
             return _prepare_into(tmp, out, osm, imagery_paths, source, config, bars)
     except (OSError, pa.ArrowException) as err:
         raise GeoJepaError(f"writing the dataset failed ({err})", out) from err
@@ -371,7 +351,7 @@ def _prepare_into(
     vocab: Counter[str] = Counter()
     for r in results:
         vocab.update(r.vocab)
-    _write_vocab(tmp / VOCAB_NAME, vocab)
+    write_vocab(tmp / VOCAB_NAME, vocab)
     tiles_with_image = sum(r.tiles_with_image for r in results)
     report = {
         "read": asdict(read_stats),
@@ -405,11 +385,3 @@ def _prepare_into(
 
         export_entities(tmp, tmp / "entities.parquet")
     return manifest
-
-
-def _write_vocab(path: Path, vocab: Counter[str]) -> None:
-    items = sorted(vocab.items(), key=lambda kv: (-kv[1], kv[0]))
-    table = pa.table(
-        {"tag": [k for k, _ in items], "count": [v for _, v in items]}, schema=VOCAB_SCHEMA
-    )
-    pq.write_table(table, path, compression="zstd")

@@ -72,6 +72,17 @@ def write_fixture(path: Path) -> Path:
          {"type": "multipolygon", "building": "yes", "name": "Courtyard House"}),
         (301, [("w", 100, ""), ("n", 1, "stop")], {"type": "route", "route": "bus", "ref": "55"}),
     ]
+    return write_osm_xml(path, nodes, ways, relations)
+
+
+Node = tuple[int, float, float, dict[str, str]]
+Way = tuple[int, list[int], dict[str, str]]
+Relation = tuple[int, list[tuple[str, int, str]], dict[str, str]]
+
+
+def write_osm_xml(path: Path, nodes: list[Node], ways: list[Way], relations: list[Relation]) -> Path:
+    """Write nodes ``(id, lon, lat, tags)``, ways ``(id, refs, tags)`` and relations
+    ``(id, [(type, ref, role)], tags)`` as ``.osm`` XML."""
     lines = ['<?xml version="1.0" encoding="UTF-8"?>', '<osm version="0.6" generator="geojepa-tests">']
     for i, lon, lat, tags in nodes:
         body = "".join(f'<tag k="{k}" v="{v}"/>' for k, v in tags.items())

@@ -20,8 +20,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from geojepa.dataset.schema import ENTITY_TYPE, SPLITS, TILE_SCHEMA
-from geojepa.osm import GROUP, pack_ref
+from geojepa.dataset.schema import ENTITY_TYPE, SPLITS, TILE_SCHEMA, VOCAB_SCHEMA
+from geojepa.osm import GROUP
 from geojepa.tiles import Tile
 from geojepa.tiling import PIECE_SCHEMA
 
@@ -335,3 +335,12 @@ def _tile_images(
         else:
             images.append(None)
     return images, coverage
+
+
+def write_vocab(path: Path, vocab: Counter[str]) -> None:
+    """Write a tag vocabulary, most frequent first (ties in tag order)."""
+    items = sorted(vocab.items(), key=lambda kv: (-kv[1], kv[0]))
+    table = pa.table(
+        {"tag": [k for k, _ in items], "count": [v for _, v in items]}, schema=VOCAB_SCHEMA
+    )
+    pq.write_table(table, path, compression="zstd")
