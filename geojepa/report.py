@@ -1,0 +1,396 @@
+"""Results tables, paired fold comparisons and plots of the downstream evaluation (SPEC section 6).
+
+The evaluation gives one row per probe run (task, variant, method, probe, fold, seed, test
+metric, ...). This module reduces the runs in two steps:
+
+* :func:`fold_scores`: one score per fold, the mean over seeds.
+* :func:`summarise`: mean and standard deviation of the fold scores over folds.
+
+:func:`paired_wins` counts the folds on which a model beats a baseline, :func:`markdown_report`
+renders the SPEC results table (rows = models and baselines, columns = tasks, lower is better),
+masked variant first, and :func:`write_report` writes the runs, the report, the settings and one
+plot per task (:func:`plot_task`) into a folder, each file atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from geojepa.atomic import atomic_file
+
+SUMMARY_KEYS: tuple[str, ...] = ("task", "kind", "variant", "method", "role", "probe")
+"""Columns naming one table cell: a probe of one method on one task and variant."""
+
+FOLD_KEYS: tuple[str, ...] = (*SUMMARY_KEYS, "fold")
+"""Columns naming one fold score: :data:`SUMMARY_KEYS` and the fold."""
+
+REQUIRED_COLUMNS: tuple[str, ...] = (*FOLD_KEYS, "seed", "metric", "constant")
+"""Columns of the runs table this module reads; other columns are carried along."""
+
+VARIANTS: tuple[str, ...] = ("masked", "unmasked")
+ROLES: tuple[str, ...] = ("model", "baseline")
+DUMMY_PROBE = "dummy"
+"""Probe of the Dummy baseline (train median or majority): compared with every probe."""
+
+SECTION_TITLES: dict[str, str] = {
+    "masked": "Masked (headline)",
+    "unmasked": "Unmasked (label-bearing tags present; not the headline)",
+}
+CONSTANT_FOOTNOTE = "† k/K: constant prediction on k of K folds — the probe learned nothing."
+
+_Row = tuple[str, str, str]
+"""A table row: ``(method, role, probe)``."""
+
+
+def _check(runs: pd.DataFrame) -> None:
+    """Raise ``ValueError`` if ``runs`` lacks a column or has an unknown variant or role."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in runs.columns]
+    if missing:
+        raise ValueError(f"runs lack the columns {', '.join(missing)}")
+    for column, allowed in (("variant", VARIANTS), ("role", ROLES)):
+        unknown = sorted(set(runs[column]) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown {column} {unknown}; expected one of {list(allowed)}")
+
+
+def fold_scores(runs: pd.DataFrame) -> pd.DataFrame:
+    """One score per fold: the mean test metric over the seeds of a probe.
+
+    Args:
+        runs: One row per probe run (see :data:`REQUIRED_COLUMNS`).
+
+    Returns:
+        One row per :data:`FOLD_KEYS`, in order of first appearance, with ``metric`` (mean over
+        seeds), ``constant`` (some seed predicted one value on the whole test fold) and ``seeds``
+        (number of seeds).
+
+    Raises:
+        ValueError: If ``runs`` lacks a column or has an unknown variant or role.
+    """
+    _check(runs)
+    grouped = runs.groupby(list(FOLD_KEYS), sort=False)
+    scores = grouped.agg(
+        metric=("metric", "mean"), constant=("constant", "any"), seeds=("seed", "nunique")
+    )
+    return scores.reset_index()
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread of the fold scores of every probe of every method, task and variant.
+
+    Args:
+        runs: One row per probe run (see :data:`REQUIRED_COLUMNS`).
+
+    Returns:
+        One row per :data:`SUMMARY_KEYS`, in order of first appearance, with ``mean`` and ``std``
+        (over folds, ``ddof=1``; 0 with one fold) of the fold scores, ``folds`` (number of
+        folds), ``seeds`` (number of distinct seeds) and ``constant_folds`` (number of folds on
+        which some seed predicted a constant).
+
+    Raises:
+        ValueError: If ``runs`` lacks a column or has an unknown variant or role.
+    """
+    keys = list(SUMMARY_KEYS)
+    grouped = fold_scores(runs).groupby(keys, sort=False)
+    summary = grouped.agg(
+        mean=("metric", "mean"),
+        std=("metric", "std"),
+        folds=("fold", "nunique"),
+        constant_folds=("constant", "sum"),
+    ).reset_index()
+    summary["std"] = summary["std"].fillna(0.0)
+    summary["constant_folds"] = summary["constant_folds"].astype(int)
+    seeds = runs.groupby(keys, sort=False)["seed"].nunique().rename("seeds").reset_index()
+    summary = summary.merge(seeds, on=keys, how="left")
+    return summary[[*keys, "mean", "std", "folds", "seeds", "constant_folds"]]
+
+
+def _fold_series(
+    scores: pd.DataFrame, task: str, variant: str, method: str, probe: str
+) -> pd.Series:
+    """Fold scores of one probe, indexed by fold."""
+    chosen = scores[
+        (scores["task"] == task)
+        & (scores["variant"] == variant)
+        & (scores["method"] == method)
+        & (scores["probe"] == probe)
+    ]
+    return chosen.set_index("fold")["metric"]
+
+
+def _wins(
+    scores: pd.DataFrame, method: str, baseline: str, task: str, variant: str, probe: str
+) -> tuple[int, int]:
+    """:func:`paired_wins` on precomputed :func:`fold_scores`."""
+    mine = _fold_series(scores, task, variant, method, probe)
+    theirs = _fold_series(scores, task, variant, baseline, probe)
+    if theirs.empty:
+        theirs = _fold_series(scores, task, variant, baseline, DUMMY_PROBE)
+    shared = mine.index.intersection(theirs.index)
+    return int((mine[shared] < theirs[shared]).sum()), len(shared)
+
+
+def paired_wins(
+    runs: pd.DataFrame, method: str, baseline: str, task: str, variant: str, probe: str
+) -> tuple[int, int]:
+    """On how many folds a method's probe scores strictly lower than a baseline.
+
+    Fold scores are means over seeds (:func:`fold_scores`); ties are not wins. The baseline is
+    taken with the same probe, or, if it has none, with the Dummy probe (:data:`DUMMY_PROBE`), so
+    the Dummy baseline is compared with every probe.
+
+    Args:
+        runs: One row per probe run.
+        method: The method to test.
+        baseline: The method to compare with.
+        task: Downstream task.
+        variant: ``"masked"`` or ``"unmasked"``.
+        probe: Probe of ``method`` (and of ``baseline`` unless it only has the Dummy probe).
+
+    Returns:
+        ``(wins, folds)``: the wins and the number of folds both have (``(0, 0)`` if none).
+
+    Raises:
+        ValueError: If ``runs`` lacks a column or has an unknown variant or role.
+    """
+    return _wins(fold_scores(runs), method, baseline, task, variant, probe)
+
+
+def _ordered_rows(summary: pd.DataFrame) -> list[_Row]:
+    """Distinct ``(method, role, probe)`` of ``summary``: models first, else first appearance."""
+    rows = list(
+        dict.fromkeys(zip(summary["method"], summary["role"], summary["probe"], strict=True))
+    )
+    return sorted(rows, key=lambda row: row[1] != "model")
+
+
+def _label(method: str, probe: str) -> str:
+    """Row label: the method with its probe in brackets, the Dummy probe left out."""
+    return method if probe == DUMMY_PROBE else f"{method} ({probe})"
+
+
+def _decimals(value: float) -> int:
+    """Decimals that show ``value`` with three significant digits (between 0 and 6)."""
+    if value == 0 or not math.isfinite(value):
+        return 3
+    return min(max(2 - math.floor(math.log10(abs(value))), 0), 6)
+
+
+def _format(mean: float, std: float) -> str:
+    """``mean ± std`` with three significant digits of the mean and as many decimals for std."""
+    decimals = _decimals(mean)
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def _scores_table(summary: pd.DataFrame, tasks: Sequence[str]) -> list[str]:
+    """Lines of the results table of one variant, with the constant-prediction footnote."""
+    rows = _ordered_rows(summary)
+    cells = {
+        (entry.method, entry.role, entry.probe, entry.task): entry
+        for entry in summary.itertuples(index=False)
+    }
+    best = summary.groupby("task")["mean"].min()
+    body: list[list[str]] = []
+    marked = False
+    for method, role, probe in rows:
+        line = [_label(method, probe)]
+        for task in tasks:
+            entry = cells.get((method, role, probe, task))
+            if entry is None:
+                line.append("—")
+                continue
+            text = _format(entry.mean, entry.std)
+            if entry.mean == best[task]:
+                text = f"**{text}**"
+            if entry.constant_folds and probe != DUMMY_PROBE:
+                text += f" †{entry.constant_folds}/{entry.folds}"
+                marked = True
+            line.append(text)
+        body.append(line)
+    lines = _table(["model", *tasks], body)
+    return [*lines, "", CONSTANT_FOOTNOTE] if marked else lines
+
+
+def _wins_table(
+    summary: pd.DataFrame, scores: pd.DataFrame, variant: str, tasks: Sequence[str]
+) -> list[str]:
+    """Lines of the paired-wins table of one variant: every model row against the baselines."""
+    body: list[list[str]] = []
+    for method, _, probe in _ordered_rows(summary[summary["role"] == "model"]):
+        line = [_label(method, probe)]
+        for task in tasks:
+            in_task = summary[summary["task"] == task]
+            if not ((in_task["method"] == method) & (in_task["probe"] == probe)).any():
+                line.append("—")
+                continue
+            baselines = in_task[
+                (in_task["role"] == "baseline") & in_task["probe"].isin([probe, DUMMY_PROBE])
+            ]
+            parts = []
+            for baseline in dict.fromkeys(baselines["method"]):
+                wins, folds = _wins(scores, method, baseline, task, variant, probe)
+                parts.append(f"vs {baseline} {wins}/{folds}")
+            line.append(" · ".join(parts) if parts else "—")
+        body.append(line)
+    return _table(["model", *tasks], body)
+
+
+def markdown_report(runs: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
+    """The results report: a table of mean ± std per variant (masked first) and paired wins.
+
+    Rows are ``(method, probe)``, models before baselines; columns are the tasks in order of
+    first appearance. Cells show three significant digits of the mean; the lowest mean of each
+    column is bold. A probe that predicted a constant on ``k`` of its ``K`` folds is marked
+    ``†k/K`` (not the Dummy baseline, constant by design). The unmasked section appears only if
+    there are unmasked runs; a variant without models has no paired-wins table.
+
+    Args:
+        runs: One row per probe run.
+        title: Report title.
+        notes: Lines listed under the title (protocol, transductive pretraining, ...).
+
+    Returns:
+        The report as Markdown text, ending with a newline.
+
+    Raises:
+        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role.
+    """
+    if runs.empty:
+        raise ValueError("no runs to report")
+    scores = fold_scores(runs)
+    summary = summarise(runs)
+    tasks = list(dict.fromkeys(runs["task"]))
+    binary = [task for task in tasks if (runs.loc[runs["task"] == task, "kind"] == "binary").any()]
+    named = f" ({', '.join(binary)})" if binary else ""
+    lines = [f"# {title}", "", *(f"- {note}" for note in notes)]
+    lines += [
+        "",
+        (
+            f"Test MAE (lower is better); binary tasks{named}: error rate. Cells: mean ± std over"
+            " folds of the fold score (mean over seeds); **bold**: best in the column."
+        ),
+    ]
+    for variant in VARIANTS:
+        in_variant = summary[summary["variant"] == variant]
+        if in_variant.empty:
+            continue
+        lines += ["", f"## {SECTION_TITLES[variant]}", ""]
+        lines += _scores_table(in_variant, tasks)
+        if not (in_variant["role"] == "model").any():
+            continue
+        lines += [
+            "",
+            "### Paired wins",
+            "",
+            (
+                "Folds on which the model scores strictly lower than the baseline (ties are not"
+                " wins) / folds both have; baselines with the same probe, and Dummy."
+            ),
+            "",
+        ]
+        lines += _wins_table(in_variant, scores, variant, tasks)
+    return "\n".join(lines) + "\n"
+
+
+def plot_task(runs: pd.DataFrame, task: str, path: Path) -> None:
+    """Plot the fold scores of every probe on one task, one panel per variant, as a PNG.
+
+    Each row is a ``(method, probe)``: its fold scores as jittered points and the mean with a
+    ±std bar; a dashed line marks the Dummy mean. Needs no display.
+
+    Args:
+        runs: One row per probe run.
+        task: The task to plot.
+        path: Output PNG file (written as PNG whatever its suffix).
+
+    Raises:
+        ValueError: If there are no runs of ``task``, or ``runs`` lacks a column or has an
+            unknown variant or role.
+    """
+    runs = runs[runs["task"] == task]
+    if runs.empty:
+        raise ValueError(f"no runs of task {task!r}")
+    scores = fold_scores(runs)
+    summary = summarise(runs)
+    binary = bool((runs["kind"] == "binary").any())
+    metric = "test error rate" if binary else "test MAE"
+    variants = [variant for variant in VARIANTS if (summary["variant"] == variant).any()]
+    height = max(len(_ordered_rows(summary[summary["variant"] == v])) for v in variants)
+    figure = Figure(figsize=(6.0 * len(variants), 1.2 + 0.45 * height), layout="constrained")
+    axes = figure.subplots(1, len(variants), squeeze=False)[0]
+    jitter = np.random.default_rng(0)
+    for ax, variant in zip(axes, variants, strict=True):
+        in_variant = summary[summary["variant"] == variant]
+        rows = _ordered_rows(in_variant)
+        for y, (method, role, probe) in enumerate(rows):
+            entry = in_variant[(in_variant["method"] == method) & (in_variant["probe"] == probe)]
+            folds = _fold_series(scores, task, variant, method, probe)
+            colour = "grey" if probe == DUMMY_PROBE else "C0" if role == "model" else "C1"
+            offsets = jitter.uniform(-0.15, 0.15, len(folds))
+            ax.scatter(folds.to_numpy(), y + offsets, s=16, alpha=0.6, color=colour, linewidths=0)
+            mean, std = float(entry["mean"].iloc[0]), float(entry["std"].iloc[0])
+            ax.errorbar(mean, y, xerr=std, fmt="D", color=colour, markersize=5, capsize=3)
+            if probe == DUMMY_PROBE:
+                ax.axvline(mean, color="grey", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(rows)), [_label(method, probe) for method, _, probe in rows])
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_xlabel(f"{metric} (lower is better)")
+        ax.set_title(variant)
+        ax.grid(axis="x", alpha=0.3)
+    figure.suptitle(f"{task}: {metric}")
+    figure.savefig(path, format="png", dpi=120)
+
+
+def write_report(
+    runs: pd.DataFrame, out_dir: Path, title: str, notes: Sequence[str], settings: dict[str, Any]
+) -> dict[str, Path]:
+    """Write the runs, the Markdown report, the settings and one plot per task into a folder.
+
+    Files: ``runs.csv``, ``results.md`` (:func:`markdown_report`), ``settings.json`` (sorted
+    keys, indent 2; values JSON cannot hold, such as paths, as strings) and ``plot_<task>.png``
+    (:func:`plot_task`). Each is written under a temporary name in ``out_dir`` and renamed when
+    complete, so a reader never sees a partial file.
+
+    Args:
+        runs: One row per probe run.
+        out_dir: Output folder, created if missing.
+        title: Report title.
+        notes: Lines listed under the title.
+        settings: Evaluation settings to record.
+
+    Returns:
+        The written paths by file stem: ``runs``, ``results``, ``settings``, ``plot_<task>``.
+
+    Raises:
+        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role.
+    """
+    markdown = markdown_report(runs, title, notes)
+    settings_text = json.dumps(settings, sort_keys=True, indent=2, default=str) + "\n"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "runs": out_dir / "runs.csv",
+        "results": out_dir / "results.md",
+        "settings": out_dir / "settings.json",
+    }
+    atomic_file(paths["runs"], lambda tmp: runs.to_csv(tmp, index=False))
+    atomic_file(paths["results"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    atomic_file(paths["settings"], lambda tmp: tmp.write_text(settings_text, encoding="utf-8"))
+    for task in dict.fromkeys(runs["task"]):
+        path = paths[f"plot_{task}"] = out_dir / f"plot_{task}.png"
+        atomic_file(path, lambda tmp, task=task: plot_task(runs, task, tmp))
+    return paths

@@ -1,0 +1,238 @@
+"""Fold scores, summaries, paired wins, the Markdown report and the plots on hand-made runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from geojepa.report import (
+    fold_scores,
+    markdown_report,
+    paired_wins,
+    plot_task,
+    summarise,
+    write_report,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NOTES = ("Pretraining saw the test tiles' inputs (never their labels): transductive.", "3 folds")
+
+# (task, variant, method, role, probe) -> per fold, per seed: metric, or (metric, constant).
+PLAN: dict[tuple[str, str, str, str, str], list[list[float | tuple[float, bool]]]] = {
+    ("building_count", "masked", "Dummy", "baseline", "dummy"): [[30.0], [32.0], [34.0]],
+    ("building_count", "masked", "GeoJEPA-T", "model", "linear"): [[20.0], [25.0], [30.0]],
+    ("building_count", "masked", "GeoJEPA-T", "model", "mlp"): [
+        [10.0, 12.0],
+        [14.0, 16.0],
+        [18.0, 20.0],
+    ],
+    ("building_count", "masked", "TagPool", "baseline", "linear"): [[21.0], [25.0], [29.0]],
+    # TagPool's MLP lacks fold 2.
+    ("building_count", "masked", "TagPool", "baseline", "mlp"): [[15.0, 15.0], [17.0, 17.0]],
+    ("bridge", "masked", "Dummy", "baseline", "dummy"): [[(0.3, True)]] * 3,
+    ("bridge", "masked", "GeoJEPA-T", "model", "linear"): [[0.2], [0.25], [0.15]],
+    ("bridge", "masked", "GeoJEPA-T", "model", "mlp"): [[0.1, 0.2], [0.3, (0.3, True)], [0.2, 0.2]],
+    ("bridge", "masked", "TagPool", "baseline", "linear"): [[0.25], [0.25], [0.25]],
+    ("building_count", "unmasked", "GeoJEPA-T", "model", "linear"): [[5.0], [6.0], [7.0]],
+}
+
+
+def make_runs(plan: dict = PLAN) -> pd.DataFrame:
+    """One row per planned run, with every column the evaluation writes."""
+    rows = []
+    for (task, variant, method, role, probe), folds in plan.items():
+        for fold, seeds in enumerate(folds):
+            for seed, value in enumerate(seeds):
+                metric, constant = value if isinstance(value, tuple) else (value, False)
+                rows.append(
+                    {
+                        "task": task,
+                        "kind": "binary" if task == "bridge" else "regression",
+                        "variant": variant,
+                        "method": method,
+                        "role": role,
+                        "probe": probe,
+                        "fold": fold,
+                        "seed": seed,
+                        "metric": metric,
+                        "val_metric": metric + 1.0,
+                        "constant": constant,
+                        "n_train": 80,
+                        "n_val": 10,
+                        "n_test": 10,
+                        "selected": "epoch=3",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def select(frame: pd.DataFrame, **values: object) -> pd.DataFrame:
+    """Rows of ``frame`` whose columns equal ``values``."""
+    mask = pd.Series(True, index=frame.index)
+    for column, value in values.items():
+        mask &= frame[column] == value
+    return frame[mask]
+
+
+def test_fold_scores_average_seeds_and_flag_constant_folds() -> None:
+    scores = fold_scores(make_runs())
+    assert len(scores) == sum(len(folds) for folds in PLAN.values())
+    mlp = select(scores, task="building_count", variant="masked", method="GeoJEPA-T", probe="mlp")
+    assert mlp["fold"].tolist() == [0, 1, 2]
+    assert mlp["metric"].tolist() == pytest.approx([11.0, 15.0, 19.0])
+    assert mlp["seeds"].tolist() == [2, 2, 2]
+    bridge = select(scores, task="bridge", method="GeoJEPA-T", probe="mlp")
+    assert bridge["metric"].tolist() == pytest.approx([0.15, 0.3, 0.2])
+    assert bridge["constant"].tolist() == [False, True, False]
+    assert list(dict.fromkeys(scores["task"])) == ["building_count", "bridge"]
+
+
+def test_summarise_mean_std_and_counts() -> None:
+    summary = summarise(make_runs())
+    assert len(summary) == len(PLAN)
+    row = select(summary, task="building_count", method="GeoJEPA-T", probe="mlp").iloc[0]
+    assert (row["mean"], row["std"]) == pytest.approx((15.0, 4.0))
+    assert (row["folds"], row["seeds"], row["constant_folds"]) == (3, 2, 0)
+    row = select(summary, task="building_count", method="TagPool", probe="mlp").iloc[0]
+    assert (row["mean"], row["std"], row["folds"]) == pytest.approx((16.0, math.sqrt(2.0), 2))
+    row = select(summary, task="bridge", method="GeoJEPA-T", probe="mlp").iloc[0]
+    mean = (0.15 + 0.3 + 0.2) / 3
+    std = math.sqrt(((0.15 - mean) ** 2 + (0.3 - mean) ** 2 + (0.2 - mean) ** 2) / 2)
+    assert (row["mean"], row["std"]) == pytest.approx((mean, std))
+    assert row["constant_folds"] == 1
+    one_fold = summarise(make_runs()[lambda frame: frame["fold"] == 0])
+    assert (one_fold["std"] == 0.0).all()
+    assert (one_fold["folds"] == 1).all()
+
+
+def test_paired_wins_count_strict_wins_on_shared_folds() -> None:
+    runs = make_runs()
+
+    def wins(baseline: str, task: str, probe: str, variant: str = "masked") -> tuple[int, int]:
+        return paired_wins(runs, "GeoJEPA-T", baseline, task, variant, probe)
+
+    # 20 < 21, 25 = 25 (a tie is no win), 30 > 29.
+    assert wins("TagPool", "building_count", "linear") == (1, 3)
+    # TagPool's MLP has folds 0 and 1 only: 11 < 15, 15 < 17.
+    assert wins("TagPool", "building_count", "mlp") == (2, 2)
+    # Dummy (probe "dummy") is compared with any probe: 0.15 < 0.3, 0.3 = 0.3, 0.2 < 0.3.
+    assert wins("Dummy", "bridge", "mlp") == (2, 3)
+    assert wins("Dummy", "building_count", "linear") == (3, 3)
+    # No TagPool MLP on bridge, no unmasked baseline at all.
+    assert wins("TagPool", "bridge", "mlp") == (0, 0)
+    assert wins("Dummy", "building_count", "linear", variant="unmasked") == (0, 0)
+
+
+def table_row(markdown: str, label: str, start: int = 0) -> list[str]:
+    """Cells of the first table row labelled ``label`` at or after character ``start``."""
+    line = next(line for line in markdown[start:].splitlines() if line.startswith(f"| {label} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")][1:]
+
+
+def test_markdown_cells_bold_best_constant_marker_and_sections() -> None:
+    markdown = markdown_report(make_runs(), "GeoJEPA eval", NOTES)
+    lines = markdown.splitlines()
+    assert lines[0] == "# GeoJEPA eval"
+    assert f"- {NOTES[0]}" in lines and f"- {NOTES[1]}" in lines
+    assert "Test MAE (lower is better); binary tasks (bridge): error rate." in markdown
+    masked = markdown.index("## Masked (headline)")
+    unmasked = markdown.index("## Unmasked (label-bearing tags present; not the headline)")
+    assert masked < unmasked
+    assert "| model | building_count | bridge |" in lines
+    section = markdown[masked:unmasked]
+    assert table_row(section, "GeoJEPA-T (linear)") == ["25.0 ± 5.0", "**0.200 ± 0.050**"]
+    assert table_row(section, "GeoJEPA-T (mlp)") == ["**15.0 ± 4.0**", "0.217 ± 0.076 †1/3"]
+    assert table_row(section, "TagPool (mlp)") == ["16.0 ± 1.4", "—"]
+    # The Dummy is constant by design: no marker.
+    assert table_row(section, "Dummy") == ["32.0 ± 2.0", "0.300 ± 0.000"]
+    assert "† k/K: constant prediction on k of K folds — the probe learned nothing." in section
+    # Models before baselines, although the Dummy runs come first.
+    assert section.index("| GeoJEPA-T (mlp) |") < section.index("| Dummy |")
+    wins = section.index("### Paired wins")
+    assert table_row(section, "GeoJEPA-T (linear)", wins) == [
+        "vs Dummy 3/3 · vs TagPool 1/3",
+        "vs Dummy 3/3 · vs TagPool 2/3",
+    ]
+    assert table_row(section, "GeoJEPA-T (mlp)", wins) == [
+        "vs Dummy 3/3 · vs TagPool 2/2",
+        "vs Dummy 2/3",
+    ]
+    assert "| TagPool (linear) |" not in section[wins:]
+    rest = markdown[unmasked:]
+    assert table_row(rest, "GeoJEPA-T (linear)") == ["**6.00 ± 1.00**", "—"]
+    assert table_row(rest, "GeoJEPA-T (linear)", rest.index("### Paired wins")) == ["—", "—"]
+    assert markdown.endswith("\n")
+
+
+def test_markdown_without_unmasked_runs_has_no_unmasked_section() -> None:
+    runs = make_runs()
+    markdown = markdown_report(runs[runs["variant"] == "masked"], "t", [])
+    assert "## Masked (headline)" in markdown
+    assert "Unmasked" not in markdown
+    regression = runs[(runs["variant"] == "masked") & (runs["task"] == "building_count")]
+    markdown = markdown_report(regression, "t", [])
+    assert "binary tasks: error rate" in markdown
+    assert "†" not in markdown
+    baselines_only = markdown_report(runs[runs["role"] == "baseline"], "t", [])
+    assert "| Dummy | 32.0 ± 2.0 | 0.300 ± 0.000 |" in baselines_only
+    assert "Paired wins" not in baselines_only
+
+
+def test_bad_runs_are_refused() -> None:
+    runs = make_runs()
+    with pytest.raises(ValueError, match="metric"):
+        fold_scores(runs.drop(columns=["metric"]))
+    with pytest.raises(ValueError, match="variant"):
+        summarise(runs.assign(variant="partly"))
+    with pytest.raises(ValueError, match="no runs"):
+        markdown_report(runs.iloc[:0], "t", [])
+
+
+def test_write_report_writes_every_file_atomically(tmp_path: Path) -> None:
+    runs = make_runs()
+    out_dir = tmp_path / "report"
+    settings = {"seeds": 3, "folds": 3, "cache": tmp_path / "cache"}
+    paths = write_report(runs, out_dir, "GeoJEPA eval", NOTES, settings)
+    names = {
+        "runs.csv",
+        "results.md",
+        "settings.json",
+        "plot_building_count.png",
+        "plot_bridge.png",
+    }
+    assert {path.name for path in paths.values()} == names
+    assert {path.name for path in out_dir.iterdir()} == names  # no temporary file left over
+    assert set(paths) == {"runs", "results", "settings", "plot_building_count", "plot_bridge"}
+    back = pd.read_csv(paths["runs"])
+    pd.testing.assert_frame_equal(back, runs, check_dtype=False)
+    assert paths["results"].read_text(encoding="utf-8") == markdown_report(
+        runs, "GeoJEPA eval", NOTES
+    )
+    text = paths["settings"].read_text(encoding="utf-8")
+    assert json.loads(text) == {"cache": str(tmp_path / "cache"), "folds": 3, "seeds": 3}
+    assert text.index('"cache"') < text.index('"folds"') < text.index('"seeds"')
+    assert '\n  "folds": 3' in text
+    for task in ("building_count", "bridge"):
+        data = paths[f"plot_{task}"].read_bytes()
+        assert data.startswith(PNG_SIGNATURE)
+        assert len(data) > 5_000
+    # Writing again replaces the files and still leaves nothing else.
+    write_report(runs, out_dir, "again", [], settings)
+    assert {path.name for path in out_dir.iterdir()} == names
+    assert paths["results"].read_text(encoding="utf-8").startswith("# again\n")
+
+
+def test_plot_task_with_one_fold_and_one_variant(tmp_path: Path) -> None:
+    runs = make_runs()
+    one_fold = runs[(runs["fold"] == 0) & (runs["variant"] == "masked")]
+    path = tmp_path / "bridge.png"
+    plot_task(one_fold, "bridge", path)
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > 5_000
+    with pytest.raises(ValueError, match="max_speed"):
+        plot_task(runs, "max_speed", tmp_path / "none.png")
