@@ -1,0 +1,535 @@
+"""Probes on frozen tile embeddings: spatially grouped folds, a Dummy, a linear and an MLP probe.
+
+Honesty rules (the reference selected on its test split; these probes never do):
+
+* Only the **train** rows of a :class:`Fold` fit anything: the feature mean and standard
+  deviation, the target scaling, the model weights and the clamping range of regression outputs.
+* Only the **validation** rows choose anything: the regularisation strength of the linear probe
+  and the stopping epoch of the MLP.
+* The **test** rows are predicted once, at the end, by the chosen model; their labels enter only
+  the reported metric.
+* Folds are spatially grouped (:func:`grouped_folds`): all rows of one group, e.g. one zoom-14
+  parent tile, share a split, so neighbouring tiles cannot leak from train into test.
+
+Metrics: mean absolute error in the original label space for regression tasks, error rate for
+binary tasks (labels and predictions 0/1).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from torch import nn
+
+TaskKind = Literal["regression", "binary"]
+
+DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(alpha) for alpha in np.logspace(-2, 4, 13))
+"""Regularisation strengths tried by :func:`fit_linear` (Ridge ``alpha``, logistic ``1/C``)."""
+
+STD_FLOOR = 1e-6
+"""Feature columns whose train standard deviation is at most this carry no information and are
+set to 0 in every row; a regression target this flat is not rescaled."""
+
+_KINDS: tuple[str, ...] = ("regression", "binary")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One split of a grouped k-fold evaluation, as row indices.
+
+    Attributes:
+        index: Position of the fold, ``0 .. k-1``.
+        train: Rows that fit the probe.
+        val: Rows that select its hyper-parameter.
+        test: Rows that are only predicted and scored.
+    """
+
+    index: int
+    train: NDArray[np.int64]
+    val: NDArray[np.int64]
+    test: NDArray[np.int64]
+
+
+@dataclass
+class ProbeResult:
+    """What one probe on one fold produced.
+
+    Attributes:
+        metric: Test MAE (regression) or test error rate (binary).
+        val_metric: The same metric on the validation rows, for the selected setting.
+        predictions: Predictions on ``fold.test`` in the original label space (binary: 0/1).
+        constant: True when the test predictions are all (numerically) the same value.
+        selected: The chosen hyper-parameter, e.g. ``"alpha=10"`` or ``"epochs=37"``.
+    """
+
+    metric: float
+    val_metric: float
+    predictions: NDArray[np.float64]
+    constant: bool
+    selected: str
+
+
+def grouped_folds(groups: NDArray, k: int = 5, seed: int = 0) -> list[Fold]:
+    """Split rows into ``k`` spatially grouped folds, balanced by row count.
+
+    Every group lands in exactly one fold. Groups are shuffled with ``seed``, sorted by size
+    (largest first, ties in shuffled order) and each is given to the fold with the fewest rows so
+    far (ties: the lowest fold index). Fold ``i`` tests on the rows of fold ``i``, validates on
+    those of fold ``(i + 1) % k`` and trains on the rest.
+
+    Args:
+        groups: One group id per row: a 1-D array (e.g. an int64 id of the zoom-14 parent tile)
+            or an ``[N, 2]`` array of ``(group_x, group_y)``.
+        k: Number of folds, at least 3.
+        seed: Seed of the group shuffle; the same seed gives the same folds.
+
+    Returns:
+        The ``k`` folds; every row is a test row of exactly one of them.
+
+    Raises:
+        ValueError: If ``k < 3``, ``groups`` is not 1-D or 2-D, or there are fewer than
+            ``max(3, k)`` distinct groups.
+    """
+    if k < 3:
+        raise ValueError(f"k must be >= 3 (a train, a validation and a test fold), got {k}")
+    keys = np.asarray(groups)
+    if keys.ndim not in (1, 2):
+        raise ValueError(f"groups must be 1-D or [N, 2], got shape {keys.shape}")
+    axis = 0 if keys.ndim == 2 else None
+    _, inverse = np.unique(keys, axis=axis, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    sizes = np.bincount(inverse)
+    if len(sizes) < max(3, k):
+        raise ValueError(
+            f"{len(sizes)} spatial groups among {len(inverse)} rows cannot fill {k} grouped folds "
+            f"(need at least {max(3, k)}); use a finer group zoom or a smaller k"
+        )
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    order = order[np.argsort(-sizes[order], kind="stable")]
+    fold_of_group = np.empty(len(sizes), dtype=np.int64)
+    fold_rows = np.zeros(k, dtype=np.int64)
+    for group in order:
+        fold = int(np.argmin(fold_rows))
+        fold_of_group[group] = fold
+        fold_rows[fold] += sizes[group]
+    fold_of_row = fold_of_group[inverse]
+    members = [np.flatnonzero(fold_of_row == i).astype(np.int64) for i in range(k)]
+    return [
+        Fold(
+            index=i,
+            train=np.flatnonzero((fold_of_row != i) & (fold_of_row != (i + 1) % k)).astype(
+                np.int64
+            ),
+            val=members[(i + 1) % k],
+            test=members[i],
+        )
+        for i in range(k)
+    ]
+
+
+def fit_dummy(y: NDArray[np.floating], fold: Fold, kind: TaskKind) -> ProbeResult:
+    """The constant reference: predict the median of the train labels.
+
+    For binary labels the median is the majority class, with a tie going to 0.
+
+    Args:
+        y: Labels ``[N]``.
+        fold: The split.
+        kind: ``"regression"`` or ``"binary"``.
+
+    Returns:
+        The result; ``constant`` is always True.
+
+    Raises:
+        ValueError: On an invalid fold, non-finite labels or non-0/1 binary labels.
+    """
+    labels = _check_labels(y, fold, kind)
+    train = labels[fold.train]
+    if kind == "binary":
+        value = 1.0 if train.mean() > 0.5 else 0.0
+        selected = f"majority={value:g}"
+    else:
+        value = float(np.median(train))
+        selected = f"median={value:g}"
+    val_metric = _metric(np.full(len(fold.val), value), labels[fold.val], kind)
+    return _result(np.full(len(fold.test), value), labels[fold.test], kind, val_metric, selected)
+
+
+def fit_linear(
+    x: NDArray[np.floating],
+    y: NDArray[np.floating],
+    fold: Fold,
+    kind: TaskKind,
+    log_target: bool = False,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+) -> ProbeResult:
+    """Ridge regression or L2 logistic regression, regularisation chosen on the validation rows.
+
+    Regression: ``Ridge(alpha)`` on train-standardised features, the ``alpha`` with the lowest
+    validation MAE wins. Binary: ``LogisticRegression(C=1/alpha, solver="lbfgs")``, the lowest
+    validation error rate wins, ties broken by validation log-loss; train rows of a single class
+    give that class as a constant prediction. Remaining ties go to the larger ``alpha``.
+
+    Args:
+        x: Features ``[N, D]``.
+        y: Labels ``[N]``.
+        fold: The split.
+        kind: ``"regression"`` or ``"binary"``.
+        log_target: Regression only: fit ``log1p(y)`` and map back with ``expm1`` (labels >= 0).
+        alphas: Regularisation strengths to try, all positive.
+
+    Returns:
+        The result for the selected ``alpha`` (``selected="alpha=..."``).
+
+    Raises:
+        ValueError: On invalid inputs (see :func:`fit_mlp`) or an empty / non-positive grid.
+    """
+    features, labels = _check_inputs(x, y, fold, kind, log_target)
+    grid = sorted((float(alpha) for alpha in alphas), reverse=True)
+    if not grid or grid[-1] <= 0.0:
+        raise ValueError(f"alphas must be a non-empty sequence of positive numbers, got {alphas}")
+    train_x, val_x, test_x = _standardise(features, fold)
+    if kind == "regression":
+        return _fit_ridge(train_x, val_x, test_x, labels, fold, log_target, grid)
+    return _fit_logistic(train_x, val_x, test_x, labels, fold, grid)
+
+
+def fit_mlp(
+    x: NDArray[np.floating],
+    y: NDArray[np.floating],
+    fold: Fold,
+    kind: TaskKind,
+    log_target: bool = False,
+    seed: int = 0,
+    hidden: int = 512,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    max_epochs: int = 300,
+    patience: int = 25,
+    batch_size: int = 256,
+) -> ProbeResult:
+    """A one-hidden-layer MLP, ``Linear(D, hidden) -> GELU -> Linear(hidden, 1)``, early-stopped.
+
+    Trained with AdamW on train-standardised features: Smooth-L1 loss on the train-standardised
+    target (in log space with ``log_target``) for regression, BCE-with-logits for binary. After
+    every epoch the validation metric is measured (ties for binary broken by validation BCE); the
+    best epoch's weights are kept and training stops after ``patience`` epochs without
+    improvement. Weights are initialised from ``seed`` inside :func:`torch.random.fork_rng` and
+    batches are shuffled by a generator seeded with ``seed``, so the global RNG is untouched and
+    equal inputs give bitwise-equal results.
+
+    Args:
+        x: Features ``[N, D]``.
+        y: Labels ``[N]``.
+        fold: The split.
+        kind: ``"regression"`` or ``"binary"``.
+        log_target: Regression only: fit ``log1p(y)`` and map back with ``expm1`` (labels >= 0).
+        seed: Seed of the initialisation and of the batch order.
+        hidden: Width of the hidden layer.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        max_epochs: Upper bound on training epochs.
+        patience: Epochs without validation improvement before stopping.
+        batch_size: Train rows per optimiser step.
+
+    Returns:
+        The result for the best epoch (``selected="epochs=..."``, 1-based).
+
+    Raises:
+        ValueError: If ``x`` is not ``[N, D]`` for ``y`` of ``[N]``, the fold's index arrays are
+            empty, out of range or overlap, fold rows hold non-finite values, binary labels are
+            not 0/1, ``log_target`` is set for a binary task or meets negative train labels, or
+            ``hidden``, ``max_epochs``, ``patience`` or ``batch_size`` is below 1.
+    """
+    features, labels = _check_inputs(x, y, fold, kind, log_target)
+    for name, value in (
+        ("hidden", hidden),
+        ("max_epochs", max_epochs),
+        ("patience", patience),
+        ("batch_size", batch_size),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    train_x, val_x, test_x = _standardise(features, fold)
+    train_y, val_y = labels[fold.train], labels[fold.val]
+    if kind == "regression":
+        target, decode = _regression_target(train_y, log_target)
+        loss_fn: nn.Module = nn.SmoothL1Loss()
+
+        def val_key(outputs: NDArray[np.float64]) -> tuple[float, ...]:
+            return (_metric(decode(outputs), val_y, kind),)
+
+    else:
+        target, decode = train_y, _logits_to_labels
+        loss_fn = nn.BCEWithLogitsLoss()
+
+        def val_key(outputs: NDArray[np.float64]) -> tuple[float, ...]:
+            return _metric(decode(outputs), val_y, kind), _bce(outputs, val_y)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(features.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 1))
+    best_epoch, best_key = _train_early_stopped(
+        model,
+        loss_fn,
+        (_tensor(train_x), _tensor(target)),
+        _tensor(val_x),
+        val_key,
+        seed=seed,
+        lr=lr,
+        weight_decay=weight_decay,
+        max_epochs=max_epochs,
+        patience=patience,
+        batch_size=batch_size,
+    )
+    predictions = decode(_predict(model, _tensor(test_x)))
+    return _result(predictions, labels[fold.test], kind, best_key[0], f"epochs={best_epoch}")
+
+
+def _train_early_stopped(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val_inputs: torch.Tensor,
+    val_key: Callable[[NDArray[np.float64]], tuple[float, ...]],
+    *,
+    seed: int,
+    lr: float,
+    weight_decay: float,
+    max_epochs: int,
+    patience: int,
+    batch_size: int,
+) -> tuple[int, tuple[float, ...]]:
+    """Train with AdamW, keep the weights of the epoch with the lowest ``val_key``.
+
+    Returns:
+        The best epoch (1-based) and its validation key; ``model`` holds that epoch's weights.
+    """
+    inputs, goals = train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    best_key: tuple[float, ...] = (float("inf"),)
+    best_epoch = 0
+    best_state: dict[str, torch.Tensor] = {}
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        for batch in torch.randperm(len(inputs), generator=generator).split(batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(inputs[batch]).squeeze(1), goals[batch]).backward()
+            optimizer.step()
+        key = val_key(_predict(model, val_inputs))
+        if best_epoch == 0 or key < best_key:
+            best_key, best_epoch = key, epoch
+            best_state = {name: value.clone() for name, value in model.state_dict().items()}
+        elif epoch - best_epoch >= patience:
+            break
+    model.load_state_dict(best_state)
+    return best_epoch, best_key
+
+
+def _fit_ridge(
+    train_x: NDArray[np.float64],
+    val_x: NDArray[np.float64],
+    test_x: NDArray[np.float64],
+    labels: NDArray[np.float64],
+    fold: Fold,
+    log_target: bool,
+    grid: list[float],
+) -> ProbeResult:
+    """Ridge over ``grid`` (largest first): the lowest validation MAE wins, ties the first."""
+    train_y, val_y = labels[fold.train], labels[fold.val]
+    low, high = float(train_y.min()), float(train_y.max())
+    target = np.log1p(train_y) if log_target else train_y
+    models = [Ridge(alpha=alpha, solver="cholesky").fit(train_x, target) for alpha in grid]
+    scores = [
+        _metric(_from_fit_space(model.predict(val_x), log_target, low, high), val_y, "regression")
+        for model in models
+    ]
+    best = int(np.argmin(scores))
+    model, score, alpha = models[best], scores[best], grid[best]
+    predictions = _from_fit_space(model.predict(test_x), log_target, low, high)
+    return _result(predictions, labels[fold.test], "regression", score, f"alpha={alpha:g}")
+
+
+def _fit_logistic(
+    train_x: NDArray[np.float64],
+    val_x: NDArray[np.float64],
+    test_x: NDArray[np.float64],
+    labels: NDArray[np.float64],
+    fold: Fold,
+    grid: list[float],
+) -> ProbeResult:
+    """Logistic regression with ``C = 1/alpha`` over ``grid`` (largest ``alpha`` first).
+
+    The lowest validation error rate wins, then the lowest validation log-loss, then the first.
+    """
+    train_y, val_y, test_y = labels[fold.train], labels[fold.val], labels[fold.test]
+    classes = np.unique(train_y)
+    if len(classes) == 1:
+        value = float(classes[0])
+        val_metric = _metric(np.full(len(val_y), value), val_y, "binary")
+        selected = f"single class={value:g}"
+        return _result(np.full(len(test_y), value), test_y, "binary", val_metric, selected)
+    models = [LogisticRegression(C=1.0 / alpha, solver="lbfgs", max_iter=2000) for alpha in grid]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for model in models:
+            model.fit(train_x, train_y)
+    keys: list[tuple[float, float]] = []
+    for model in models:
+        logits = model.decision_function(val_x)
+        keys.append((_metric(_logits_to_labels(logits), val_y, "binary"), _bce(logits, val_y)))
+    best = min(range(len(grid)), key=keys.__getitem__)
+    model, val_metric, alpha = models[best], keys[best][0], grid[best]
+    predictions = _logits_to_labels(model.decision_function(test_x))
+    return _result(predictions, test_y, "binary", val_metric, f"alpha={alpha:g}")
+
+
+def _check_labels(y: NDArray[np.floating], fold: Fold, kind: str) -> NDArray[np.float64]:
+    """Validate ``kind``, the fold and the labels of its rows; return the labels as float64."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    labels = np.asarray(y, dtype=np.float64)
+    if labels.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {labels.shape}")
+    rows = _check_fold(fold, len(labels))
+    if not np.isfinite(labels[rows]).all():
+        raise ValueError(f"fold {fold.index}: y holds non-finite values on the fold's rows")
+    if kind == "binary" and not np.isin(labels[rows], (0.0, 1.0)).all():
+        raise ValueError(f"fold {fold.index}: binary labels must be 0 or 1")
+    return labels
+
+
+def _check_fold(fold: Fold, n_rows: int) -> NDArray[np.int64]:
+    """Check that the fold's index arrays are non-empty, in range and disjoint; return them all."""
+    parts = {"train": fold.train, "val": fold.val, "test": fold.test}
+    for name, part in parts.items():
+        rows = np.asarray(part)
+        if rows.ndim != 1 or len(rows) == 0 or not np.issubdtype(rows.dtype, np.integer):
+            raise ValueError(f"fold {fold.index}: {name} must be a non-empty 1-D integer array")
+        if rows.min() < 0 or rows.max() >= n_rows:
+            raise ValueError(f"fold {fold.index}: {name} indexes outside the {n_rows} rows")
+    every = np.concatenate([np.asarray(part, dtype=np.int64) for part in parts.values()])
+    if len(np.unique(every)) != len(every):
+        raise ValueError(
+            f"fold {fold.index}: train, val and test must be disjoint, without repeats"
+        )
+    return every
+
+
+def _check_inputs(
+    x: NDArray[np.floating],
+    y: NDArray[np.floating],
+    fold: Fold,
+    kind: str,
+    log_target: bool,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Validate the inputs of a fitted probe; return features and labels as float64."""
+    labels = _check_labels(y, fold, kind)
+    features = np.asarray(x, dtype=np.float64)
+    if features.ndim != 2 or len(features) != len(labels):
+        raise ValueError(f"x must be [N, D] with N = len(y) = {len(labels)}, got {features.shape}")
+    rows = np.concatenate([fold.train, fold.val, fold.test])
+    if not np.isfinite(features[rows]).all():
+        raise ValueError(f"fold {fold.index}: x holds non-finite values on the fold's rows")
+    if log_target and kind == "binary":
+        raise ValueError("log_target applies to regression tasks only")
+    if log_target and labels[fold.train].min() < 0.0:
+        raise ValueError("log_target needs labels >= 0 on the train rows")
+    return features, labels
+
+
+def _standardise(
+    x: NDArray[np.float64], fold: Fold
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Train, val and test features scaled with the train mean and std; flat columns become 0."""
+    train = x[fold.train]
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    informative = std > STD_FLOOR
+    scale = np.where(informative, std, 1.0)
+
+    def scaled(rows: NDArray[np.int64]) -> NDArray[np.float64]:
+        return np.where(informative, (x[rows] - mean) / scale, 0.0)
+
+    return scaled(fold.train), scaled(fold.val), scaled(fold.test)
+
+
+def _regression_target(
+    train_y: NDArray[np.float64], log_target: bool
+) -> tuple[NDArray[np.float64], Callable[[NDArray[np.float64]], NDArray[np.float64]]]:
+    """The standardised train target and the map from model outputs back to clamped labels."""
+    low, high = float(train_y.min()), float(train_y.max())
+    target = np.log1p(train_y) if log_target else train_y
+    centre, spread = float(target.mean()), float(target.std())
+    spread = spread if spread > STD_FLOOR else 1.0
+
+    def decode(outputs: NDArray[np.float64]) -> NDArray[np.float64]:
+        return _from_fit_space(outputs * spread + centre, log_target, low, high)
+
+    return (target - centre) / spread, decode
+
+
+def _from_fit_space(
+    values: NDArray[np.float64], log_target: bool, low: float, high: float
+) -> NDArray[np.float64]:
+    """Undo ``log1p`` if it was applied and clamp to the train label range ``[low, high]``."""
+    if log_target:
+        values = np.expm1(np.minimum(values, np.log1p(high)))
+    return np.clip(values, low, high)
+
+
+def _logits_to_labels(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    """0/1 predictions: 1 where the logit is positive."""
+    return (logits > 0.0).astype(np.float64)
+
+
+def _bce(logits: NDArray[np.float64], labels: NDArray[np.float64]) -> float:
+    """Mean binary cross-entropy of logits, computed stably."""
+    return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
+
+
+def _metric(predictions: NDArray[np.float64], labels: NDArray[np.float64], kind: str) -> float:
+    """MAE for regression, error rate for binary."""
+    if kind == "regression":
+        return float(np.mean(np.abs(predictions - labels)))
+    return float(np.mean(predictions != labels))
+
+
+def _result(
+    predictions: NDArray[np.float64],
+    test_y: NDArray[np.float64],
+    kind: str,
+    val_metric: float,
+    selected: str,
+) -> ProbeResult:
+    """Score the test predictions and flag them constant if their range is negligible."""
+    predictions = np.asarray(predictions, dtype=np.float64)
+    spread = float(np.ptp(predictions))
+    constant = spread <= 1e-9 * max(1.0, abs(float(predictions.mean())))
+    return ProbeResult(
+        metric=_metric(predictions, test_y, kind),
+        val_metric=val_metric,
+        predictions=predictions,
+        constant=constant,
+        selected=selected,
+    )
+
+
+def _tensor(values: NDArray[np.float64]) -> torch.Tensor:
+    """A float32 tensor of ``values``."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+
+
+def _predict(model: nn.Module, inputs: torch.Tensor) -> NDArray[np.float64]:
+    """The model's outputs for ``inputs`` in eval mode, as float64."""
+    model.eval()
+    with torch.inference_mode():
+        return model(inputs).squeeze(1).double().numpy()
