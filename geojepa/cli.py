@@ -193,6 +193,68 @@ def _run_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_spec(text: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` or ``PATH`` (named after the model's modalities)."""
+    name, sep, path = text.partition("=")
+    return (name, Path(path)) if sep and name and not Path(text).exists() else (None, Path(text))
+
+
+def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
+    p = sub.add_parser(
+        "evaluate", help="probe frozen embeddings on the downstream tasks against baselines",
+        description="Fit linear and MLP probes on frozen tile embeddings of each checkpoint and of "
+        "the baselines (Dummy, TagPool, TagCount, untrained model, image-only model), on the same "
+        "spatial folds, for the masked (headline) and unmasked inputs of each task. Writes runs.csv, "
+        "results.md, settings.json and one plot per task to --out.",
+    )
+    p.set_defaults(func=_run_evaluate)
+    if not full:  # the defaults come from modules that import torch
+        return
+    from geojepa.evaluate import BASELINES, EvalConfig
+    from geojepa.tasks import TASKS
+
+    d = EvalConfig()
+    p.add_argument("--checkpoint", action="append", default=[], type=_checkpoint_spec,
+                   metavar="[NAME=]CKPT", help="a pretrained checkpoint (repeat for several)")
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("-o", "--out", type=Path, required=True, help="report folder")
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(d.tasks))
+    p.add_argument("--variants", nargs="+", choices=("masked", "unmasked"), default=list(d.variants))
+    p.add_argument("--protocol", choices=("auto", "cv", "split"), default=d.protocol,
+                   help=f"cv: spatial k-fold; split: the stored split; auto: split when its test "
+                   f"part has >= {d.split_min_test} tiles (default {d.protocol})")
+    p.add_argument("--folds", type=int, default=d.folds, help=f"k of the cross-validation (default {d.folds})")
+    p.add_argument("--group-zoom", type=int, default=None,
+                   help="zoom of the spatial fold groups (default: the dataset's, 14)")
+    p.add_argument("--probes", nargs="+", choices=("linear", "mlp"), default=list(d.probes))
+    p.add_argument("--seeds", type=int, default=d.seeds, help=f"MLP seeds per fold (default {d.seeds})")
+    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(d.baselines))
+    p.add_argument("--no-log-counts", dest="log_counts", action="store_false",
+                   help="fit count tasks on the raw counts instead of log1p")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from geojepa.embed import load_checkpoint
+    from geojepa.evaluate import EvalConfig, default_name, evaluate
+
+    named: dict[str, Path] = {}
+    for name, path in args.checkpoint:
+        name = name or default_name(load_checkpoint(path))
+        if name in named:
+            raise GeoJepaError(f"two checkpoints named {name!r}; name them NAME=CKPT", path)
+        named[name] = path
+    config = EvalConfig(tasks=tuple(args.tasks), variants=tuple(args.variants), protocol=args.protocol,
+                        folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
+                        seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,
+                        seed=args.seed)
+    paths = evaluate(named, args.dataset, args.out, config, overwrite=args.overwrite)
+    print(paths["results"].read_text())
+    print(f"report written to {args.out}")
+    return 0
+
+
 def _add_pretrain(sub: argparse._SubParsersAction, full: bool) -> None:
     p = sub.add_parser(
         "pretrain",
@@ -264,6 +326,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     for add in (_add_demo, _add_prepare, _add_info, _add_export, _add_synth, _add_tasks):
         add(sub)
     _add_pretrain(sub, full="pretrain" in argv)
+    _add_evaluate(sub, full="evaluate" in argv)
     return parser
 
 

@@ -8,7 +8,7 @@ its batch-mates; an entity's (or image patch's) embedding is its token (``d`` nu
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,22 @@ from geojepa.model.text import cache_path, tag_embedding_table
 
 @dataclass
 class Checkpoint:
-    """A loaded model with the settings and vocabulary it was trained with."""
+    """A loaded model with the settings and vocabulary it was trained with.
+
+    Attributes:
+        model: The model, in eval mode.
+        config: Its settings.
+        vocabulary: The tag vocabulary of its pretraining data (tag id order).
+        train: The pretraining settings.
+        pretrain_data: Which tiles pretraining saw (:meth:`Manifest.tile_record`; empty for
+            checkpoints without the record).
+    """
 
     model: GeoJEPA
     config: GeoJEPAConfig
     vocabulary: list[str]
     train: dict[str, Any]
+    pretrain_data: dict[str, Any]
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -67,7 +77,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     state = {k[len(prefix):]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
     model.eval().to(device)
-    return Checkpoint(model, config, vocabulary, dict(hparams["train"]))
+    return Checkpoint(model, config, vocabulary, dict(hparams["train"]), dict(raw.get("pretrain_data", {})))
 
 
 @dataclass
@@ -117,6 +127,7 @@ def iter_embeddings(
     batch_size: int = 64,
     tokens: bool = True,
     progress: bool = True,
+    image_only: bool = False,
 ) -> Iterator[Embeddings]:
     """Embed a dataset batch by batch, in stored tile order.
 
@@ -128,6 +139,8 @@ def iter_embeddings(
         batch_size: Tiles per forward pass.
         tokens: Also return entity and patch embeddings.
         progress: Show a progress bar.
+        image_only: Hide every entity, so tiles are embedded from their image patches alone
+            (the image-only baseline of a model that uses images).
 
     Yields:
         One :class:`Embeddings` per batch.
@@ -141,6 +154,8 @@ def iter_embeddings(
     )
     if config.uses_images and not stream.ds.manifest.has_imagery:
         raise GeoJepaError("the model uses images (I) but the dataset has no imagery", dataset)
+    if image_only and not config.uses_images:
+        raise GeoJepaError("image-only embeddings need a model that uses images (I)")
     entities_first = bool(set(config.modalities) & {"G", "T"})
     bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    disable=not progress)
@@ -148,6 +163,8 @@ def iter_embeddings(
         task = bar.add_task("embed", total=stream.num_tiles())
         for batch in stream:
             batch = batch.to(device)
+            if image_only:
+                batch = replace(batch, valid=torch.zeros_like(batch.valid))
             tok, valid, tile_emb = model.embed(batch)
             yield _split_tokens(batch, tok, valid, tile_emb, entities_first, tokens)
             bar.advance(task, batch.size)
@@ -186,10 +203,11 @@ def embed_dataset(
     batch_size: int = 64,
     tokens: bool = True,
     progress: bool = True,
+    image_only: bool = False,
 ) -> Embeddings:
     """Embed a whole dataset (or some splits) into memory; see :func:`iter_embeddings`."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    parts = list(iter_embeddings(ckpt, dataset, splits, batch_size, tokens, progress))
+    parts = list(iter_embeddings(ckpt, dataset, splits, batch_size, tokens, progress, image_only))
     if not parts:
         raise GeoJepaError("no tiles to embed", dataset)
     return Embeddings.concat(parts)

@@ -125,6 +125,7 @@ class GeoJEPAModule(L.LightningModule):
         self.model = GeoJEPA(self.model_config)
         self.mask_generator = torch.Generator().manual_seed(self.train_config.seed)
         self.vocabulary: list[str] = []
+        self.pretrain_data: dict[str, Any] = {}
         self._tick: float | None = None
 
     def setup(self, stage: str) -> None:
@@ -176,11 +177,13 @@ class GeoJEPAModule(L.LightningModule):
         self.model.ema_step(self._schedule()[2])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the mask generator's state (a resumed run draws the same masks) and the tag
-        vocabulary (so the checkpoint embeds any dataset, wherever it is loaded)."""
+        """Keep the mask generator's state (a resumed run draws the same masks), the tag
+        vocabulary (so the checkpoint embeds any dataset, wherever it is loaded) and which tiles
+        pretraining saw (so an evaluation can say whether it is transductive)."""
         checkpoint["mask_generator"] = self.mask_generator.get_state()
         checkpoint["torch_rng"] = torch.get_rng_state()
         checkpoint["vocabulary"] = list(self.vocabulary)
+        checkpoint["pretrain_data"] = dict(self.pretrain_data)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the mask generator and the global generator (dropout)."""
@@ -271,7 +274,9 @@ def pretrain(
 
     L.seed_everything(train.seed, workers=True, verbose=False)
     module = GeoJEPAModule(model_config.to_dict(), asdict(train))
-    module.vocabulary = TagVocabulary.of(TileDataset(dataset)).tags.to_pylist()
+    ds = TileDataset(dataset)
+    module.vocabulary = TagVocabulary.of(ds).tags.to_pylist()
+    module.pretrain_data = ds.manifest.tile_record(train.splits())
     data = TileDataModule(dataset, train, model_config.image_size if model_config.uses_images else None)
     checkpoints = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,

@@ -1,0 +1,328 @@
+"""``geojepa evaluate``: probes on frozen tile embeddings against honest baselines (SPEC section 6).
+
+For every task, input variant (masked: the label-bearing tags and entities removed; unmasked) and
+method, probes are fitted on the same spatial folds:
+
+* methods: each GeoJEPA checkpoint, and the baselines - Dummy (train median), TagPool, TagCount,
+  each checkpoint's architecture untrained (random initialisation), and, for a checkpoint that
+  uses images, the same model fed the image patches alone;
+* protocol ``cv``: k folds over spatial groups (zoom-14 tiles by default); fold ``i`` tests on
+  group fold ``i``, selects hyper-parameters and stops early on fold ``i + 1``, trains on the rest;
+  protocol ``split``: the dataset's stored train/val/test split, one fold (for large datasets);
+* probes: linear (ridge / logistic) and MLP (several seeds); count tasks are fitted in log space.
+
+The report states whether pretraining saw the evaluated test tiles' inputs (never their labels),
+from the record each checkpoint keeps of its pretraining tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.typing import NDArray
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from geojepa.atomic import atomic_folder
+from geojepa.dataset.manifest import seen_by
+from geojepa.dataset.reader import TileDataset
+from geojepa.embed import Checkpoint, load_checkpoint
+from geojepa.errors import GeoJepaError
+from geojepa.features import model_features, random_init, tag_count_features, tag_pool_features
+from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, grouped_folds
+from geojepa.report import write_report
+from geojepa.tasks import TASKS, Task, build_tasks, load_labels, select_tasks, tasks_folder
+
+Protocol = Literal["auto", "cv", "split"]
+BASELINES = ("dummy", "tagpool", "tagcount", "random", "image")
+VARIANTS = ("masked", "unmasked")
+
+
+@dataclass
+class EvalConfig:
+    """Settings of ``geojepa evaluate``.
+
+    Attributes:
+        tasks: Task names (default: all five).
+        variants: ``masked`` (the headline) and/or ``unmasked``.
+        protocol: ``cv`` (spatial k-fold), ``split`` (the stored split) or ``auto`` (``split``
+            when the stored test split has at least ``split_min_test`` tiles, else ``cv``).
+        folds: k of the cross-validation.
+        group_zoom: Zoom of the spatial groups (default: the dataset's split-group zoom, 14).
+        probes: ``linear`` and/or ``mlp``.
+        seeds: MLP seeds per fold.
+        baselines: Any of ``dummy``, ``tagpool``, ``tagcount``, ``random`` (untrained model),
+            ``image`` (image-only model; only for checkpoints that use images).
+        log_counts: Fit count tasks in log space.
+        split_min_test: Test tiles that make the stored split large enough for ``auto``.
+        tag_count_vocab: Most frequent tags used by TagCount.
+        seed: Seed of the folds and of the random initialisation.
+        batch_size: Tiles per forward pass when embedding.
+    """
+
+    tasks: tuple[str, ...] = tuple(TASKS)
+    variants: tuple[str, ...] = VARIANTS
+    protocol: Protocol = "auto"
+    folds: int = 5
+    group_zoom: int | None = None
+    probes: tuple[str, ...] = ("linear", "mlp")
+    seeds: int = 3
+    baselines: tuple[str, ...] = BASELINES
+    log_counts: bool = True
+    split_min_test: int = 1000
+    tag_count_vocab: int = 2000
+    seed: int = 0
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        """Reject unknown names and impossible numbers.
+
+        Raises:
+            GeoJepaError: On the first bad setting.
+        """
+        select_tasks(self.tasks)
+        for name, values, allowed in (("variant", self.variants, VARIANTS),
+                                      ("probe", self.probes, ("linear", "mlp")),
+                                      ("baseline", self.baselines, BASELINES)):
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise GeoJepaError(f"unknown {name} {bad[0]!r}; choose from {', '.join(allowed)}")
+        if self.protocol not in ("auto", "cv", "split"):
+            raise GeoJepaError(f"protocol must be auto, cv or split, got {self.protocol!r}")
+        if self.folds < 3 or self.seeds < 1:
+            raise GeoJepaError("need at least 3 folds and 1 seed")
+
+
+@dataclass
+class Method:
+    """Something that turns a dataset into tile features."""
+
+    name: str
+    role: Literal["model", "baseline"]
+    features: Callable[[Path], NDArray[np.float32]] | None  # None: Dummy (no features)
+
+
+def default_name(checkpoint: Checkpoint) -> str:
+    """``GeoJEPA-<modalities>``, e.g. ``GeoJEPA-GT``."""
+    return f"GeoJEPA-{checkpoint.config.modalities}"
+
+
+def evaluate(
+    checkpoints: dict[str, str | Path],
+    dataset: str | Path,
+    out: str | Path,
+    config: EvalConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Evaluate checkpoints and baselines on a dataset's downstream tasks; write the report.
+
+    Args:
+        checkpoints: Display name -> checkpoint file (may be empty: baselines only).
+        dataset: The dataset; its tasks are built first when ``geojepa tasks`` was not run.
+        out: Report folder (``runs.csv``, ``results.md``, ``settings.json``, plots).
+        config: Settings.
+        overwrite: Replace an existing report folder.
+        progress: Show progress.
+
+    Returns:
+        The written files by stem (see :func:`geojepa.report.write_report`).
+
+    Raises:
+        GeoJepaError: Bad settings, missing files, or too few spatial groups for the folds.
+    """
+    config = config or EvalConfig()
+    config.validate()
+    dataset, out = Path(dataset), Path(out)
+    if out.exists() and not overwrite:
+        raise GeoJepaError("output exists; pass --overwrite to replace it", out)
+    ds = TileDataset(dataset)
+    if not (tasks_folder(dataset) / "labels.parquet").is_file():
+        build_tasks(dataset, progress=progress)
+    labels = load_labels(dataset).to_pandas()
+    loaded = {name: load_checkpoint(path) for name, path in checkpoints.items()}
+    protocol, folds = _folds(ds, labels, config)
+    methods = _methods(loaded, dataset, config)
+    tasks = select_tasks(config.tasks)
+    runs = _run_all(methods, tasks, labels, folds, dataset, config, progress)
+    notes = _notes(loaded, ds, labels, folds, protocol, config)
+    settings = {"dataset": str(dataset.resolve()), "checkpoints": {k: str(Path(v).resolve())
+                for k, v in checkpoints.items()}, "protocol": protocol, **asdict(config)}
+    title = f"GeoJEPA downstream evaluation: {dataset.name} (zoom {ds.manifest.zoom}, {len(labels)} tiles)"
+    with atomic_folder(out, overwrite) as tmp:
+        write_report(pd.DataFrame(runs), tmp, title, notes, settings)
+    return {p.stem: out / p.name for p in out.iterdir()}
+
+
+def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[str, list[Fold]]:
+    protocol = config.protocol
+    if protocol == "auto":
+        protocol = "split" if int((labels["split"] == "test").sum()) >= config.split_min_test else "cv"
+    if protocol == "split":
+        idx = {s: np.flatnonzero(labels["split"].to_numpy() == s) for s in ("train", "val", "test")}
+        if any(len(v) == 0 for v in idx.values()):
+            raise GeoJepaError("the stored split has an empty train, val or test part; use --protocol cv",
+                               ds.folder)
+        return protocol, [Fold(0, idx["train"], idx["val"], idx["test"])]
+    gz = ds.manifest.group_zoom if config.group_zoom is None else config.group_zoom
+    if not 0 <= gz <= ds.manifest.zoom:
+        raise GeoJepaError(f"group zoom must be in 0..{ds.manifest.zoom}, got {gz}")
+    shift = ds.manifest.zoom - gz
+    groups = np.stack([labels["x"].to_numpy() >> shift, labels["y"].to_numpy() >> shift], axis=1)
+    try:
+        return protocol, grouped_folds(groups, config.folds, config.seed)
+    except ValueError as err:
+        raise GeoJepaError(f"{err} (zoom-{gz} groups)", ds.folder) from err
+
+
+def _methods(loaded: dict[str, Checkpoint], dataset: Path, config: EvalConfig) -> list[Method]:
+    vocab = TileDataset(dataset).vocabulary().column("tag").to_pylist()
+    table_folder = dataset
+    methods = [
+        Method(name, "model", lambda d, c=ckpt: model_features(c, d, batch_size=config.batch_size))
+        for name, ckpt in loaded.items()
+    ]
+    for name, ckpt in loaded.items():
+        if "random" in config.baselines:
+            untrained = random_init(ckpt, config.seed)
+            methods.append(Method(f"{name} random init", "baseline",
+                                  lambda d, c=untrained: model_features(c, d, batch_size=config.batch_size)))
+        if "image" in config.baselines and ckpt.config.uses_images:
+            methods.append(Method(f"{name} image only", "baseline",
+                                  lambda d, c=ckpt: model_features(c, d, True, config.batch_size)))
+    if "tagpool" in config.baselines:
+        methods.append(Method("TagPool", "baseline", lambda d: tag_pool_features(d, vocab, table_folder)))
+    if "tagcount" in config.baselines:
+        methods.append(Method("TagCount", "baseline",
+                              lambda d: tag_count_features(d, vocab, config.tag_count_vocab)))
+    if "dummy" in config.baselines:
+        methods.append(Method("Dummy", "baseline", None))
+    return methods
+
+
+def _variant_dataset(dataset: Path, task: Task, variant: str) -> Path:
+    return dataset if variant == "unmasked" else tasks_folder(dataset) / "masked" / task.mask
+
+
+def _run_all(
+    methods: list[Method], tasks: list[Task], labels: pd.DataFrame, folds: list[Fold],
+    dataset: Path, config: EvalConfig, progress: bool,
+) -> list[dict[str, Any]]:
+    """Fit every probe; features are computed once per method and input dataset."""
+    cache: dict[tuple[str, Path], NDArray[np.float32]] = {}
+    fits_per_fold = sum(1 if m.features is None else _probe_runs(config) for m in methods)
+    total = len(tasks) * len(config.variants) * len(folds) * fits_per_fold
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), disable=not progress)
+    runs: list[dict[str, Any]] = []
+    with bar:
+        job = bar.add_task("probes", total=total)
+        for task in tasks:
+            y = labels[task.name].to_numpy().astype(np.float64)
+            for variant in config.variants:
+                source = _variant_dataset(dataset, task, variant)
+                for method in methods:
+                    bar.update(job, description=f"{task.name} {variant} {method.name}")
+                    x = None
+                    if method.features is not None:
+                        key = (method.name, source)
+                        if key not in cache:
+                            cache[key] = _checked(method.features(source), len(y), source)
+                        x = cache[key]
+                    with _one_thread():
+                        rows = _fit_method(method, x, y, task, folds, config)
+                    for row in rows:
+                        runs.append({"task": task.name, "kind": task.kind, "variant": variant,
+                                     "method": method.name, "role": method.role, **row})
+                        bar.advance(job)
+    return runs
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Fit probes on one thread: small matrices gain nothing from more, and the numbers then do
+    not depend on the machine's thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _probe_runs(config: EvalConfig) -> int:
+    return ("linear" in config.probes) + ("mlp" in config.probes) * config.seeds
+
+
+def _checked(x: NDArray[np.float32], rows: int, source: Path) -> NDArray[np.float32]:
+    if x.shape[0] != rows:
+        raise GeoJepaError(f"features have {x.shape[0]} rows for {rows} labelled tiles", source)
+    return x
+
+
+def _fit_method(
+    method: Method, x: NDArray[np.float32] | None, y: NDArray[np.float64], task: Task,
+    folds: list[Fold], config: EvalConfig,
+) -> list[dict[str, Any]]:
+    log = config.log_counts and task.count
+    rows = []
+    for fold in folds:
+        fits: list[tuple[str, int, ProbeResult]] = []
+        if x is None:
+            fits.append(("dummy", 0, fit_dummy(y, fold, task.kind)))
+        else:
+            if "linear" in config.probes:
+                fits.append(("linear", 0, fit_linear(x, y, fold, task.kind, log_target=log)))
+            if "mlp" in config.probes:
+                fits.extend(("mlp", s, fit_mlp(x, y, fold, task.kind, log_target=log, seed=config.seed + s))
+                            for s in range(config.seeds))
+        for probe, seed, r in fits:
+            rows.append({"probe": probe, "fold": fold.index, "seed": seed, "metric": r.metric,
+                         "val_metric": r.val_metric, "constant": r.constant,
+                         "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
+                         "selected": r.selected})
+    return rows
+
+
+def _notes(
+    loaded: dict[str, Checkpoint], ds: TileDataset, labels: pd.DataFrame, folds: list[Fold],
+    protocol: str, config: EvalConfig,
+) -> list[str]:
+    if protocol == "cv":
+        gz = ds.manifest.group_zoom if config.group_zoom is None else config.group_zoom
+        sizes = ", ".join(str(len(f.test)) for f in folds)
+        notes = [(f"Protocol: {len(folds)}-fold cross-validation over zoom-{gz} spatial groups "
+                 f"(test tiles per fold: {sizes}); validation = the next fold; the test fold is "
+                 "never used for selection or early stopping.")]
+    else:
+        notes = [(f"Protocol: the dataset's stored split ({len(folds[0].train)} train, "
+                 f"{len(folds[0].val)} val, {len(folds[0].test)} test tiles).")]
+    if "mlp" in config.probes:
+        notes.append(f"MLP probe: 512 hidden, GELU, AdamW, early stopping on validation; "
+                     f"{config.seeds} seeds per fold (cells average them).")
+    if config.log_counts:
+        notes.append("Count tasks (building_count, traffic_signals) are fitted in log space; "
+                     "predictions are clamped to the training label range.")
+    test_rows = np.concatenate([f.test for f in folds])
+    splits = labels["split"].to_numpy()[test_rows].tolist()
+    for name, ckpt in loaded.items():
+        notes.append(f"{name}: {_seen_note(seen_by(ckpt.pretrain_data, ds.manifest, splits))}")
+    return notes
+
+
+def _seen_note(seen: Sequence[bool | None]) -> str:
+    if any(s is None for s in seen):
+        return ("cannot tell which test tiles pretraining saw (no record, or other tiles of the "
+                "same OSM data): treat as transductive.")
+    share = sum(bool(s) for s in seen) / max(1, len(seen))
+    if share == 0:
+        return "pretraining saw none of the evaluated test tiles (inductive)."
+    return (f"pretraining saw the inputs of {share:.0%} of the evaluated test tiles, never their "
+            "labels: **transductive**.")
+

@@ -1,0 +1,103 @@
+"""Tile features for the downstream evaluation: GeoJEPA embeddings and the tag baselines.
+
+Every function returns one row per tile in the dataset's stored order (the order of
+``labels.parquet``), so features of a dataset and of its masked copies line up row by row.
+
+* :func:`model_features`: ``[masked max, masked mean]`` of a GeoJEPA model's target encoder
+  (optionally from the image patches alone).
+* :func:`tag_pool_features`: TagPool - max and mean over a tile's entities of their tag vectors
+  (the sum of the MiniLM vectors of the entity's tags, as in the tokeniser).
+* :func:`tag_count_features`: TagCount - ``log1p`` of how many entities of the tile carry each of
+  the most frequent tags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from numpy.typing import NDArray
+
+from geojepa.dataset.loader import TagVocabulary
+from geojepa.dataset.reader import TileDataset
+from geojepa.embed import Checkpoint, iter_embeddings
+from geojepa.model.text import tag_embedding_table
+
+
+def model_features(
+    checkpoint: Checkpoint, dataset: Path, image_only: bool = False, batch_size: int = 64
+) -> NDArray[np.float32]:
+    """Tile embeddings of a model, ``[T, 2d]``."""
+    parts = iter_embeddings(checkpoint, dataset, batch_size=batch_size, tokens=False,
+                            progress=False, image_only=image_only)
+    return np.concatenate([p.tile for p in parts]).astype(np.float32)
+
+
+def tag_pool_features(dataset: Path, vocab: list[str], table_folder: Path) -> NDArray[np.float32]:
+    """TagPool features ``[T, 2 * 384]``: max and mean of the entities' tag vectors.
+
+    Args:
+        dataset: The (possibly masked) dataset.
+        vocab: Vocabulary the tag table covers (that of the unmasked dataset, so every variant
+            uses the same table).
+        table_folder: Where the MiniLM tag table is cached.
+    """
+    table = tag_embedding_table(table_folder, vocab).numpy()
+    ids = TagVocabulary(vocab)
+    rows = []
+    for batch in TileDataset(dataset).iter_batches(columns=["entities"]):
+        entities = pc.list_flatten(batch.column("entities"))
+        tags = entities.field("tags")
+        tag_entity = pc.list_parent_indices(tags).to_numpy()
+        entity_tile = pc.list_parent_indices(batch.column("entities")).to_numpy()
+        vectors = np.zeros((len(entities), table.shape[1]), np.float32)
+        np.add.at(vectors, tag_entity, table[ids.ids(pc.list_flatten(tags))])
+        rows.append(_pool(vectors, entity_tile, batch.num_rows))
+    return np.concatenate(rows)
+
+
+def _pool(vectors: NDArray[np.float32], tile: NDArray[np.int64], num_tiles: int) -> NDArray[np.float32]:
+    """``[max, mean]`` of row vectors per tile (zeros for a tile without rows)."""
+    d = vectors.shape[1]
+    top = np.full((num_tiles, d), -np.inf, np.float32)
+    np.maximum.at(top, tile, vectors)
+    top[np.isinf(top)] = 0.0
+    total = np.zeros((num_tiles, d), np.float32)
+    np.add.at(total, tile, vectors)
+    count = np.bincount(tile, minlength=num_tiles)[:, None]
+    return np.concatenate([top, total / np.maximum(count, 1)], axis=1)
+
+
+def tag_count_features(dataset: Path, vocab: list[str], max_tags: int = 2000) -> NDArray[np.float32]:
+    """TagCount features ``[T, min(len(vocab), max_tags)]``: ``log1p`` entity counts per tag.
+
+    Args:
+        dataset: The (possibly masked) dataset.
+        vocab: Vocabulary, most frequent first (that of the unmasked dataset).
+        max_tags: Keep this many of the most frequent tags.
+    """
+    kept = TagVocabulary(vocab[:max_tags])
+    rows = []
+    for batch in TileDataset(dataset).iter_batches(columns=["entities"]):
+        entities = pc.list_flatten(batch.column("entities"))
+        tags = entities.field("tags")
+        ids = kept.ids(pc.list_flatten(tags))
+        tile = pc.list_parent_indices(batch.column("entities")).to_numpy()[
+            pc.list_parent_indices(tags).to_numpy()]
+        counts = np.zeros((batch.num_rows, len(kept) + 1), np.float32)
+        np.add.at(counts, (tile, ids), 1.0)
+        rows.append(np.log1p(counts[:, 1:]))
+    return np.concatenate(rows)
+
+
+def random_init(checkpoint: Checkpoint, seed: int) -> Checkpoint:
+    """The same architecture and settings as ``checkpoint``, untrained (seeded initialisation)."""
+    from geojepa.model.jepa import GeoJEPA
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GeoJEPA(checkpoint.config)
+    model.eval().to(next(checkpoint.model.parameters()).device)
+    return Checkpoint(model, checkpoint.config, checkpoint.vocabulary, checkpoint.train, {})

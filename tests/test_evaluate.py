@@ -1,0 +1,136 @@
+"""``geojepa evaluate`` end to end on Helsinki: folds, baselines, honesty notes, report files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from geojepa.cli import main
+from geojepa.dataset.manifest import seen_by
+from geojepa.dataset.reader import TileDataset
+from geojepa.errors import GeoJepaError
+from geojepa.evaluate import EvalConfig, evaluate
+from geojepa.prepare import PrepareConfig, prepare
+from geojepa.probes import grouped_folds
+from geojepa.tasks import build_tasks, load_labels
+from geojepa.train import TrainConfig, pretrain
+
+TINY = {"d": 64, "depth": 2, "heads": 4, "predictor_d": 32, "predictor_depth": 1, "predictor_heads": 4}
+TASKS = ("building_count", "traffic_signals", "bridge")
+
+
+@pytest.fixture(scope="module")
+def helsinki(helsinki_pbf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "hel17"
+    prepare([helsinki_pbf], out, config=PrepareConfig(zoom=17, workers=0, max_entities=200),
+            progress=False)
+    build_tasks(out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(helsinki: Path) -> Path:
+    train = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=3, progress=False)
+    return pretrain(helsinki, helsinki.parent / "run", train, TINY)
+
+
+@pytest.fixture(scope="module")
+def report(helsinki: Path, checkpoint: Path) -> Path:
+    out = helsinki.parent / "report"
+    config = EvalConfig(tasks=TASKS, folds=3, group_zoom=16, seeds=2)
+    evaluate({"GeoJEPA-T": checkpoint}, helsinki, out, config, progress=False)
+    return out
+
+
+def _runs(report: Path) -> pd.DataFrame:
+    return pd.read_csv(report / "runs.csv")
+
+
+def test_every_method_probe_and_fold_is_reported(report: Path) -> None:
+    runs = _runs(report)
+    methods = set(runs["method"])
+    assert methods == {"GeoJEPA-T", "GeoJEPA-T random init", "TagPool", "TagCount", "Dummy"}
+    per_cell = runs.groupby(["task", "variant", "method", "probe"]).size()
+    for (_, _, method, probe), n in per_cell.items():
+        assert n == 3 * (2 if probe == "mlp" else 1), (method, probe)
+    assert set(runs["probe"]) == {"dummy", "linear", "mlp"}
+    assert set(runs["variant"]) == {"masked", "unmasked"}
+    for name in ("runs.csv", "results.md", "settings.json", *(f"plot_{t}.png" for t in TASKS)):
+        assert (report / name).is_file()
+
+
+def test_all_methods_share_the_same_folds(report: Path) -> None:
+    runs = _runs(report)
+    sizes = runs.groupby("fold")[["n_train", "n_val", "n_test"]].nunique()
+    assert (sizes == 1).all().all()
+    assert runs.groupby("fold")["n_test"].first().sum() == TileDataset(report.parent / "hel17").num_tiles()
+
+
+def test_dummy_is_the_train_median(report: Path, helsinki: Path) -> None:
+    """Dummy's MAE recomputed from the labels on the same spatial folds."""
+    runs = _runs(report)
+    dummy = runs[(runs["method"] == "Dummy") & (runs["task"] == "building_count")
+                 & (runs["variant"] == "masked")].sort_values("fold")
+    assert dummy["constant"].all()
+    labels = load_labels(helsinki).to_pandas()
+    y = labels["building_count"].to_numpy().astype(float)
+    groups = np.stack([labels["x"].to_numpy() >> 1, labels["y"].to_numpy() >> 1], axis=1)
+    for fold, mae in zip(grouped_folds(groups, 3, 0), dummy["metric"], strict=True):
+        assert mae == pytest.approx(np.mean(np.abs(y[fold.test] - np.median(y[fold.train]))))
+
+
+def test_unmasked_tags_give_the_labels_away(report: Path) -> None:
+    runs = _runs(report)
+    cell = runs[(runs["task"] == "building_count") & (runs["probe"] == "linear")
+                & (runs["method"] == "TagCount")].groupby("variant")["metric"].mean()
+    dummy = runs[(runs["task"] == "building_count") & (runs["method"] == "Dummy")]["metric"].mean()
+    assert cell["unmasked"] < 0.75 * dummy  # counts of building=* tags are the label
+
+
+def test_report_states_transductive_pretraining_and_flags(report: Path) -> None:
+    text = (report / "results.md").read_text()
+    assert text.index("## Masked (headline)") < text.index("## Unmasked")
+    # pretrained on the stored train split; cross-validation tests every tile once
+    assert "pretraining saw the inputs of" in text and "transductive" in text
+    assert "3-fold cross-validation over zoom-16 spatial groups" in text
+    assert "Paired wins" in text
+
+
+def test_same_settings_give_the_same_numbers(helsinki: Path, checkpoint: Path, tmp_path: Path) -> None:
+    config = EvalConfig(tasks=("building_count",), folds=3, group_zoom=16, seeds=1,
+                        baselines=("dummy", "tagcount"), variants=("masked",))
+    a = evaluate({"m": checkpoint}, helsinki, tmp_path / "a", config, progress=False)
+    b = evaluate({"m": checkpoint}, helsinki, tmp_path / "b", config, progress=False)
+    assert a["runs"].read_text() == b["runs"].read_text()
+
+
+def test_too_few_groups_is_a_clear_error(helsinki: Path, tmp_path: Path) -> None:
+    config = EvalConfig(tasks=("bridge",), folds=5, group_zoom=13, baselines=("dummy",))
+    with pytest.raises(GeoJepaError, match="group"):
+        evaluate({}, helsinki, tmp_path / "r", config, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_evaluate_baselines_only(helsinki: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli"
+    args = ["evaluate", "--dataset", str(helsinki), "-o", str(out), "--tasks", "bridge",
+            "--folds", "3", "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy", "tagcount"]
+    assert main(args) == 0
+    assert "| TagCount (linear) |" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_seen_by_reads_the_pretraining_record(helsinki: Path) -> None:
+    m = TileDataset(helsinki).manifest
+    splits = ["train", "val", "test"]
+    assert seen_by(m.tile_record(("train",)), m, splits) == [True, False, False]
+    assert seen_by(m.tile_record(None), m, splits) == [True, True, True]
+    assert seen_by({}, m, splits) == [None, None, None]
+    other = {**m.tile_record(None), "inputs": ["0" * 64]}
+    assert seen_by(other, m, splits) == [False, False, False]
+    regrouped = {**m.tile_record(None), "groups": {}}
+    assert seen_by(regrouped, m, splits) == [None, None, None]
