@@ -154,3 +154,18 @@ def test_image_only_baseline_ignores_the_entities(tmp_path: Path) -> None:
     assert (image["masked"] == image["unmasked"]).all()
     model = runs[runs["method"] == "TI"].pivot(index="fold", columns="variant", values="metric")
     assert (model["masked"] != model["unmasked"]).any()
+
+
+def test_stored_split_protocol_is_inductive_for_a_train_only_checkpoint(
+    helsinki: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    config = EvalConfig(tasks=("building_count",), protocol="split", probes=("linear",),
+                        baselines=("dummy",), variants=("masked",))
+    evaluate({"T": checkpoint}, helsinki, tmp_path / "r", config, progress=False)
+    runs = _runs(tmp_path / "r")
+    counts = TileDataset(helsinki).manifest.counts
+    assert set(runs["fold"]) == {0}
+    assert (runs["n_test"] == counts["test"]["tiles"]).all()
+    assert (runs["n_train"] == counts["train"]["tiles"]).all()
+    text = (tmp_path / "r" / "results.md").read_text()
+    assert "stored split" in text and "saw none of the evaluated test tiles (inductive)" in text
