@@ -5,7 +5,7 @@ Run by hand (about 5-10 minutes on a 2-core machine)::
     . .venv/bin/activate
     python benchmarks/bench_train.py [--steps 10] [--warmup 3] [--threads 2] \
         [--random-table] [--skip-gti] [--wait-idle SECONDS] [--retries N] \
-        [--out benchmarks/train_results.md]
+        [--only NAME ...] [--checkpointing {off,on,both}] [--out benchmarks/train_results.md]
 
 The machine should be otherwise idle: with 2 cores, a second CPU-bound process makes the
 OpenMP threads wait for each other and step times grow several-fold, not two-fold. The results
@@ -38,6 +38,9 @@ runtime, the model, the AdamW state and the activations) belongs to that configu
 * **GTI**: geometry + tags + images: the same entities with 16 vertices each (polygons, one
   ring) and a random 224 px image per tile through the trainable 16 px patch embedding
   (196 image tokens per tile, so 260 tokens per tile); train and infer, fp32.
+* **+ckpt**: with ``--checkpointing on`` (or ``both``: with and without), the training
+  configurations run with ``activation_checkpointing=True`` (the context encoder's and the
+  predictor's blocks are recomputed in the backward pass), named e.g. ``train fp32 (T) +ckpt``.
 * **matmul**: a 2048 x 2048 fp32 and bf16 matrix product (median of 20, same thread count), so
   readers can compare machines, and one at the model's MLP shape (2048 x 384 -> 1536); plus the
   CPU's AMX / AVX512-BF16 flags from ``lscpu``.
@@ -167,7 +170,8 @@ def _model_run(args: dict) -> dict:
     rss_start = _rss_mib()  # Python + torch + geojepa imported, nothing built yet
 
     modalities, mode, precision = args["modalities"], args["mode"], args["precision"]
-    overrides = {"vocab_size": args["vocab"], "modalities": modalities, "tag_table": args["table"]}
+    overrides = {"vocab_size": args["vocab"], "modalities": modalities, "tag_table": args["table"],
+                 "activation_checkpointing": args.get("checkpointing", False)}
     if "I" in modalities:
         overrides["image_size"] = args["image_size"]
     config = config_from_preset("base", **overrides)
@@ -659,6 +663,9 @@ def main() -> None:
     parser.add_argument("--random-table", action="store_true", help="random tag table instead of MiniLM")
     parser.add_argument("--skip-gti", action="store_true")
     parser.add_argument("--only", nargs="*", help="run only these configuration names (substring match)")
+    parser.add_argument("--checkpointing", choices=("off", "on", "both"), default="off",
+                        help="activation checkpointing of the training configurations: off, on "
+                        "(named '... +ckpt'), or both (each training configuration twice)")
     parser.add_argument("--out", type=Path, default=HERE / "train_results.md")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                         help="before each configuration, wait up to this long for other processes "
@@ -717,9 +724,17 @@ def main() -> None:
             ]
         if args.only:
             configs = [c for c in configs if any(o in c[0] for o in args.only)]
+        runs = []
+        for config in configs:
+            train = config[2] == "train"
+            if not train or args.checkpointing in ("off", "both"):
+                runs.append((*config, False))
+            if train and args.checkpointing in ("on", "both"):
+                runs.append((f"{config[0]} +ckpt", *config[1:], True))
         rows = []
-        for name, modalities, mode, precision in configs:
-            spec = dict(base, name=name, modalities=modalities, mode=mode, precision=precision)
+        for name, modalities, mode, precision, checkpointing in runs:
+            spec = dict(base, name=name, modalities=modalities, mode=mode, precision=precision,
+                        checkpointing=checkpointing)
             if modalities == "GTI" and args.gti_steps is not None:
                 spec["steps"] = args.gti_steps
             out = measure(spec, args)

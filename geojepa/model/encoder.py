@@ -9,6 +9,12 @@ only attention goes back to the padded layout, where
 therefore get exactly zero attention, padded positions never reach a matrix product, and the
 output holds zeros at padding (never NaN). When a batch has no padding at all, packing is a
 free reshape.
+
+With activation checkpointing on, a transformer keeps only each block's input for the backward
+pass and recomputes the block's activations there
+(:func:`torch.utils.checkpoint.checkpoint`, non-reentrant, which replays the random state so that
+dropout draws the same masks): less memory, one more forward pass of the blocks, the same
+gradients. It only applies in training mode with gradients enabled.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 class TokenLayout:
@@ -110,12 +117,24 @@ class Transformer(nn.Module):
         heads: Attention heads.
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
         dropout: Dropout of every block (training only).
+        checkpointing: Recompute each block's activations in the backward pass instead of
+            keeping them (training with gradients only; see the module docstring).
+
+    Attributes:
+        checkpointing: The same; may be switched at any time.
     """
 
     def __init__(
-        self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpointing = checkpointing
         blocks = [Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)]
         with torch.no_grad():  # ViT init, deeper residual branches shrunk as in I-JEPA
             for layer, block in enumerate(blocks, start=1):
@@ -137,8 +156,9 @@ class Transformer(nn.Module):
         """
         layout = TokenLayout(valid)
         h = layout.pack(x).to(self.norm.weight.dtype)  # full-precision residual stream
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            h = block(h, layout)
+            h = checkpoint(block, h, layout, use_reentrant=False) if recompute else block(h, layout)
         return layout.unpack(self.norm(h))
 
 
@@ -155,6 +175,7 @@ class SetEncoder(nn.Module):
         mlp_ratio: MLP hidden width as a multiple of ``dim``.
         dropout: Dropout (training only).
         registers: Number of register tokens.
+        checkpointing: Activation checkpointing of the blocks (see :class:`Transformer`).
     """
 
     def __init__(
@@ -165,11 +186,12 @@ class SetEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
         registers: int = 2,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.register_tokens = nn.Parameter(torch.zeros(registers, dim))
         nn.init.trunc_normal_(self.register_tokens, std=0.02)
-        self.transformer = Transformer(dim, depth, heads, mlp_ratio, dropout)
+        self.transformer = Transformer(dim, depth, heads, mlp_ratio, dropout, checkpointing)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """Encode token sets.
@@ -204,16 +226,23 @@ class Predictor(nn.Module):
         depth: Number of blocks.
         heads: Attention heads.
         mlp_ratio: MLP hidden width as a multiple of ``pred_dim``.
+        checkpointing: Activation checkpointing of the blocks (see :class:`Transformer`).
     """
 
     def __init__(
-        self, dim: int, pred_dim: int, depth: int, heads: int, mlp_ratio: float = 4.0
+        self,
+        dim: int,
+        pred_dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(dim, pred_dim)
         self.prior = nn.Linear(dim, pred_dim)
         self.mask_token = nn.Parameter(torch.zeros(pred_dim))
-        self.transformer = Transformer(pred_dim, depth, heads, mlp_ratio, 0.0)
+        self.transformer = Transformer(pred_dim, depth, heads, mlp_ratio, 0.0, checkpointing)
         self.head = nn.Linear(pred_dim, dim)
         for layer in (self.embed, self.prior, self.head):
             init_weights(layer)

@@ -288,6 +288,7 @@ def test_configs_and_presets() -> None:
     base = config_from_preset("base")
     paper = (384, 12, 8, 192, 4)
     assert (base.d, base.depth, base.heads, base.predictor_d, base.predictor_depth) == paper
+    assert base.activation_checkpointing and not config_from_preset("small").activation_checkpointing
     small = config_from_preset("small", modalities="tg", mask=MaskConfig(num_targets=2))
     assert small.modalities == "GT" and small.d < base.d and small.mask.num_targets == 2
     text = yaml.safe_dump(small.to_dict())
