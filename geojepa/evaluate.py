@@ -17,6 +17,7 @@ from the record each checkpoint keeps of its pretraining tiles.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -188,11 +189,13 @@ def _methods(loaded: dict[str, Checkpoint], dataset: Path, config: EvalConfig) -
         Method(name, "model", lambda d, c=ckpt: model_features(c, d, batch_size=config.batch_size))
         for name, ckpt in loaded.items()
     ]
-    for name, ckpt in loaded.items():
-        if "random" in config.baselines:
+    if "random" in config.baselines:
+        for names, ckpt in _same_architecture(loaded):
             untrained = random_init(ckpt, config.seed)
-            methods.append(Method(f"{name} random init", "baseline",
+            label = f"{names[0]} random init" if len(names) == 1 else f"random init of {', '.join(names)}"
+            methods.append(Method(label, "baseline",
                                   lambda d, c=untrained: model_features(c, d, batch_size=config.batch_size)))
+    for name, ckpt in loaded.items():
         if "image" in config.baselines and ckpt.config.uses_images:
             methods.append(Method(f"{name} image only", "baseline",
                                   lambda d, c=ckpt: model_features(c, d, True, config.batch_size)))
@@ -204,6 +207,15 @@ def _methods(loaded: dict[str, Checkpoint], dataset: Path, config: EvalConfig) -
     if "dummy" in config.baselines:
         methods.append(Method("Dummy", "baseline", None))
     return methods
+
+
+def _same_architecture(loaded: dict[str, Checkpoint]) -> list[tuple[list[str], Checkpoint]]:
+    """Checkpoints grouped by settings and vocabulary: each group has one untrained twin."""
+    groups: dict[str, tuple[list[str], Checkpoint]] = {}
+    for name, ckpt in loaded.items():
+        key = json.dumps([ckpt.config.to_dict(), ckpt.vocabulary], sort_keys=True, default=str)
+        groups.setdefault(key, ([], ckpt))[0].append(name)
+    return list(groups.values())
 
 
 def _variant_dataset(dataset: Path, task: Task, variant: str) -> Path:

@@ -169,3 +169,12 @@ def test_stored_split_protocol_is_inductive_for_a_train_only_checkpoint(
     assert (runs["n_train"] == counts["train"]["tiles"]).all()
     text = (tmp_path / "r" / "results.md").read_text()
     assert "stored split" in text and "saw none of the evaluated test tiles (inductive)" in text
+
+
+def test_checkpoints_of_one_architecture_share_one_random_init(
+    helsinki: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    config = EvalConfig(tasks=("building_count",), folds=3, group_zoom=16, probes=("linear",),
+                        baselines=("random",), variants=("masked",))
+    evaluate({"a": checkpoint, "b": checkpoint}, helsinki, tmp_path / "r", config, progress=False)
+    assert set(_runs(tmp_path / "r")["method"]) == {"a", "b", "random init of a, b"}
