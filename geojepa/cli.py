@@ -236,15 +236,16 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from geojepa.embed import load_checkpoint
+    from geojepa.embed import Checkpoint, load_checkpoint
     from geojepa.evaluate import EvalConfig, default_name, evaluate
 
-    named: dict[str, Path] = {}
+    named: dict[str, Checkpoint] = {}
     for name, path in args.checkpoint:
-        name = name or default_name(load_checkpoint(path))
+        checkpoint = load_checkpoint(path)
+        name = name or default_name(checkpoint)
         if name in named:
             raise GeoJepaError(f"two checkpoints named {name!r}; name them NAME=CKPT", path)
-        named[name] = path
+        named[name] = checkpoint
     config = EvalConfig(tasks=tuple(args.tasks), variants=tuple(args.variants), protocol=args.protocol,
                         folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,

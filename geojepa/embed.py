@@ -35,6 +35,7 @@ class Checkpoint:
         train: The pretraining settings.
         pretrain_data: Which tiles pretraining saw (:meth:`Manifest.tile_record`; empty for
             checkpoints without the record).
+        path: The file it was loaded from (None for a model built in memory).
     """
 
     model: GeoJEPA
@@ -42,6 +43,7 @@ class Checkpoint:
     vocabulary: list[str]
     train: dict[str, Any]
     pretrain_data: dict[str, Any]
+    path: Path | None = None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -77,7 +79,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     state = {k[len(prefix):]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
     model.eval().to(device)
-    return Checkpoint(model, config, vocabulary, dict(hparams["train"]), dict(raw.get("pretrain_data", {})))
+    pretrain_data = dict(raw.get("pretrain_data", {}))
+    return Checkpoint(model, config, vocabulary, dict(hparams["train"]), pretrain_data, path)
 
 
 @dataclass

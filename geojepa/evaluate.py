@@ -37,12 +37,20 @@ from geojepa.embed import Checkpoint, load_checkpoint
 from geojepa.errors import GeoJepaError
 from geojepa.features import model_features, random_init, tag_count_features, tag_pool_features
 from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, grouped_folds
-from geojepa.report import write_report
-from geojepa.tasks import TASKS, Task, build_tasks, load_labels, select_tasks, tasks_folder
+from geojepa.report import VARIANTS, write_report
+from geojepa.tasks import (
+    LABELS_NAME,
+    TASKS,
+    Task,
+    build_tasks,
+    load_labels,
+    masked_dataset,
+    select_tasks,
+    tasks_folder,
+)
 
 Protocol = Literal["auto", "cv", "split"]
 BASELINES = ("dummy", "tagpool", "tagcount", "random", "image")
-VARIANTS = ("masked", "unmasked")
 
 
 @dataclass
@@ -115,7 +123,7 @@ def default_name(checkpoint: Checkpoint) -> str:
 
 
 def evaluate(
-    checkpoints: dict[str, str | Path],
+    checkpoints: dict[str, str | Path | Checkpoint],
     dataset: str | Path,
     out: str | Path,
     config: EvalConfig | None = None,
@@ -125,7 +133,8 @@ def evaluate(
     """Evaluate checkpoints and baselines on a dataset's downstream tasks; write the report.
 
     Args:
-        checkpoints: Display name -> checkpoint file (may be empty: baselines only).
+        checkpoints: Display name -> checkpoint file or loaded :class:`Checkpoint` (may be
+            empty: baselines only).
         dataset: The dataset; its tasks are built first when ``geojepa tasks`` was not run.
         out: Report folder (``runs.csv``, ``results.md``, ``settings.json``, plots).
         config: Settings.
@@ -144,17 +153,18 @@ def evaluate(
     if out.exists() and not overwrite:
         raise GeoJepaError("output exists; pass --overwrite to replace it", out)
     ds = TileDataset(dataset)
-    if not (tasks_folder(dataset) / "labels.parquet").is_file():
+    if not (tasks_folder(dataset) / LABELS_NAME).is_file():
         build_tasks(dataset, progress=progress)
     labels = load_labels(dataset).to_pandas()
-    loaded = {name: load_checkpoint(path) for name, path in checkpoints.items()}
+    loaded = {name: c if isinstance(c, Checkpoint) else load_checkpoint(c)
+              for name, c in checkpoints.items()}
     protocol, folds = _folds(ds, labels, config)
-    methods = _methods(loaded, dataset, config)
+    methods = _methods(loaded, ds, config)
     tasks = select_tasks(config.tasks)
     runs = _run_all(methods, tasks, labels, folds, dataset, config, progress)
     notes = _notes(loaded, ds, labels, folds, protocol, config)
-    settings = {"dataset": str(dataset.resolve()), "checkpoints": {k: str(Path(v).resolve())
-                for k, v in checkpoints.items()}, "protocol": protocol, **asdict(config)}
+    settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
+                "checkpoints": {k: c.path and str(c.path.resolve()) for k, c in loaded.items()}}
     title = f"GeoJEPA downstream evaluation: {dataset.name} (zoom {ds.manifest.zoom}, {len(labels)} tiles)"
     with atomic_folder(out, overwrite) as tmp:
         write_report(pd.DataFrame(runs), tmp, title, notes, settings)
@@ -182,9 +192,8 @@ def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[s
         raise GeoJepaError(f"{err} (zoom-{gz} groups)", ds.folder) from err
 
 
-def _methods(loaded: dict[str, Checkpoint], dataset: Path, config: EvalConfig) -> list[Method]:
-    vocab = TileDataset(dataset).vocabulary().column("tag").to_pylist()
-    table_folder = dataset
+def _methods(loaded: dict[str, Checkpoint], ds: TileDataset, config: EvalConfig) -> list[Method]:
+    vocab = ds.vocabulary().column("tag").to_pylist()
     methods = [
         Method(name, "model", lambda d, c=ckpt: model_features(c, d, batch_size=config.batch_size))
         for name, ckpt in loaded.items()
@@ -200,7 +209,7 @@ def _methods(loaded: dict[str, Checkpoint], dataset: Path, config: EvalConfig) -
             methods.append(Method(f"{name} image only", "baseline",
                                   lambda d, c=ckpt: model_features(c, d, True, config.batch_size)))
     if "tagpool" in config.baselines:
-        methods.append(Method("TagPool", "baseline", lambda d: tag_pool_features(d, vocab, table_folder)))
+        methods.append(Method("TagPool", "baseline", lambda d: tag_pool_features(d, vocab, ds.folder)))
     if "tagcount" in config.baselines:
         methods.append(Method("TagCount", "baseline",
                               lambda d: tag_count_features(d, vocab, config.tag_count_vocab)))
@@ -216,10 +225,6 @@ def _same_architecture(loaded: dict[str, Checkpoint]) -> list[tuple[list[str], C
         key = json.dumps([ckpt.config.to_dict(), ckpt.vocabulary], sort_keys=True, default=str)
         groups.setdefault(key, ([], ckpt))[0].append(name)
     return list(groups.values())
-
-
-def _variant_dataset(dataset: Path, task: Task, variant: str) -> Path:
-    return dataset if variant == "unmasked" else tasks_folder(dataset) / "masked" / task.mask
 
 
 def _run_all(
@@ -238,7 +243,7 @@ def _run_all(
         for task in tasks:
             y = labels[task.name].to_numpy().astype(np.float64)
             for variant in config.variants:
-                source = _variant_dataset(dataset, task, variant)
+                source = dataset if variant == "unmasked" else masked_dataset(dataset, task.name)
                 for method in methods:
                     bar.update(job, description=f"{task.name} {variant} {method.name}")
                     x = None

@@ -22,7 +22,8 @@ from numpy.typing import NDArray
 
 from geojepa.dataset.loader import TagVocabulary
 from geojepa.dataset.reader import TileDataset
-from geojepa.embed import Checkpoint, iter_embeddings
+from geojepa.embed import Checkpoint, embed_dataset
+from geojepa.model.jepa import GeoJEPA
 from geojepa.model.text import tag_embedding_table
 
 
@@ -30,9 +31,8 @@ def model_features(
     checkpoint: Checkpoint, dataset: Path, image_only: bool = False, batch_size: int = 64
 ) -> NDArray[np.float32]:
     """Tile embeddings of a model, ``[T, 2d]``."""
-    parts = iter_embeddings(checkpoint, dataset, batch_size=batch_size, tokens=False,
-                            progress=False, image_only=image_only)
-    return np.concatenate([p.tile for p in parts]).astype(np.float32)
+    return embed_dataset(checkpoint, dataset, batch_size=batch_size, tokens=False, progress=False,
+                         image_only=image_only).tile
 
 
 def tag_pool_features(dataset: Path, vocab: list[str], table_folder: Path) -> NDArray[np.float32]:
@@ -94,8 +94,6 @@ def tag_count_features(dataset: Path, vocab: list[str], max_tags: int = 2000) ->
 
 def random_init(checkpoint: Checkpoint, seed: int) -> Checkpoint:
     """The same architecture and settings as ``checkpoint``, untrained (seeded initialisation)."""
-    from geojepa.model.jepa import GeoJEPA
-
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GeoJEPA(checkpoint.config)

@@ -372,9 +372,10 @@ def build_tasks(
         labels: list[pa.RecordBatch] = []
         writers = {m: _MaskedWriter(ds, tmp / MASKED_DIR / m, m) for m in MASKS}
         for shard in ds.shard_paths:
+            source = pq.ParquetFile(shard)
             for w in writers.values():
-                w.open_shard(shard)
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=_row_group_size(shard)):
+                w.open_shard(shard.name, source.schema_arrow)
+            for batch in source.iter_batches(batch_size=_row_group_size(source)):
                 labels.append(_label_batch(batch))
                 for w in writers.values():
                     w.write(mask_batch(batch, w.mask))
@@ -400,8 +401,8 @@ def _check_label_keys(ds: TileDataset) -> None:
         )
 
 
-def _row_group_size(shard: Path) -> int:
-    meta = pq.ParquetFile(shard).metadata
+def _row_group_size(shard: pq.ParquetFile) -> int:
+    meta = shard.metadata
     return max(1, meta.row_group(0).num_rows) if meta.num_row_groups else 1
 
 
@@ -423,12 +424,10 @@ class _MaskedWriter:
         self.tags_removed = 0
         self.entities_removed = 0
 
-    def open_shard(self, source: Path) -> None:
-        """Start the masked copy of a source shard."""
+    def open_shard(self, name: str, schema: pa.Schema) -> None:
+        """Start the masked copy of the source shard ``name``."""
         self._close()
-        self.writer = pq.ParquetWriter(
-            self.folder / TILES_DIR / source.name, pq.read_schema(source), compression="zstd"
-        )
+        self.writer = pq.ParquetWriter(self.folder / TILES_DIR / name, schema, compression="zstd")
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Append a masked batch to the open shard and count its tags and entities."""

@@ -230,12 +230,11 @@ class TileDataModule(L.LightningDataModule):
         )
 
 
-def model_config_for(dataset: Path, train: TrainConfig, overrides: dict[str, Any]) -> GeoJEPAConfig:
+def model_config_for(
+    ds: TileDataset, vocab: TagVocabulary, train: TrainConfig, overrides: dict[str, Any]
+) -> GeoJEPAConfig:
     """The model settings for a dataset: preset + overrides + the dataset's vocabulary."""
-    ds = TileDataset(dataset)
-    config = config_from_preset(train.preset, **overrides)
-    config = config.with_dataset(ds, vocab=TagVocabulary.of(ds))
-    return config
+    return config_from_preset(train.preset, **overrides).with_dataset(ds, vocab=vocab)
 
 
 def pretrain(
@@ -268,14 +267,15 @@ def pretrain(
             raise GeoJepaError("nothing to resume (no checkpoints/last.ckpt)", out)
     elif last.exists():
         raise GeoJepaError("run folder already has checkpoints; pass --resume or choose another --out", out)
-    model_config = model_config_for(dataset, train, model_overrides or {})
+    ds = TileDataset(dataset)
+    vocab = TagVocabulary.of(ds)
+    model_config = model_config_for(ds, vocab, train, model_overrides or {})
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(out / RUN_CONFIG, {"dataset": str(dataset.resolve()), "train": train, "model": model_config.to_dict()})
 
     L.seed_everything(train.seed, workers=True, verbose=False)
     module = GeoJEPAModule(model_config.to_dict(), asdict(train))
-    ds = TileDataset(dataset)
-    module.vocabulary = TagVocabulary.of(ds).tags.to_pylist()
+    module.vocabulary = vocab.tags.to_pylist()
     module.pretrain_data = ds.manifest.tile_record(train.splits())
     data = TileDataModule(dataset, train, model_config.image_size if model_config.uses_images else None)
     checkpoints = [
