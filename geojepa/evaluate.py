@@ -35,7 +35,13 @@ from geojepa.dataset.manifest import seen_by
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import Checkpoint, load_checkpoint
 from geojepa.errors import GeoJepaError
-from geojepa.features import model_features, random_init, tag_count_features, tag_pool_features
+from geojepa.features import (
+    embedding_health,
+    model_features,
+    random_init,
+    tag_count_features,
+    tag_pool_features,
+)
 from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, grouped_folds
 from geojepa.report import VARIANTS, write_report
 from geojepa.tasks import (
@@ -161,13 +167,13 @@ def evaluate(
     protocol, folds = _folds(ds, labels, config)
     methods = _methods(loaded, ds, config)
     tasks = select_tasks(config.tasks)
-    runs = _run_all(methods, tasks, labels, folds, dataset, config, progress)
+    runs, health = _run_all(methods, tasks, labels, folds, dataset, config, progress)
     notes = _notes(loaded, ds, labels, folds, protocol, config)
     settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
                 "checkpoints": {k: c.path and str(c.path.resolve()) for k, c in loaded.items()}}
     title = f"GeoJEPA downstream evaluation: {dataset.name} (zoom {ds.manifest.zoom}, {len(labels)} tiles)"
     with atomic_folder(out, overwrite) as tmp:
-        write_report(pd.DataFrame(runs), tmp, title, notes, settings)
+        write_report(pd.DataFrame(runs), tmp, title, notes, settings, pd.DataFrame(health))
     return {p.stem: out / p.name for p in out.iterdir()}
 
 
@@ -230,9 +236,15 @@ def _same_architecture(loaded: dict[str, Checkpoint]) -> list[tuple[list[str], C
 def _run_all(
     methods: list[Method], tasks: list[Task], labels: pd.DataFrame, folds: list[Fold],
     dataset: Path, config: EvalConfig, progress: bool,
-) -> list[dict[str, Any]]:
-    """Fit every probe; features are computed once per method and input dataset."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fit every probe; features are computed once per method and input dataset.
+
+    Returns:
+        One row per probe run, and the embedding health of every method's features on every
+        input dataset.
+    """
     cache: dict[tuple[str, Path], NDArray[np.float32]] = {}
+    health: list[dict[str, Any]] = []
     fits_per_fold = sum(1 if m.features is None else _probe_runs(config) for m in methods)
     total = len(tasks) * len(config.variants) * len(folds) * fits_per_fold
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -251,6 +263,9 @@ def _run_all(
                         key = (method.name, source)
                         if key not in cache:
                             cache[key] = _checked(method.features(source), len(y), source)
+                            name = "unmasked" if source == dataset else f"masked/{source.name}"
+                            health.append({"method": method.name, "input": name,
+                                           **embedding_health(cache[key])})
                         x = cache[key]
                     with _one_thread():
                         rows = _fit_method(method, x, y, task, folds, config)
@@ -258,7 +273,7 @@ def _run_all(
                         runs.append({"task": task.name, "kind": task.kind, "variant": variant,
                                      "method": method.name, "role": method.role, **row})
                         bar.advance(job)
-    return runs
+    return runs, health
 
 
 @contextmanager

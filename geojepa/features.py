@@ -92,6 +92,39 @@ def tag_count_features(dataset: Path, vocab: list[str], max_tags: int = 2000) ->
     return np.concatenate(rows)
 
 
+def embedding_health(x: NDArray[np.floating]) -> dict[str, float]:
+    """Collapse indicators of tile embeddings ``[N, D]``, reported beside the probe results.
+
+    Probes standardise every feature, so they can score a collapsed embedding (all tiles nearly
+    one vector, told apart only by tiny residues) like a healthy one; nearest-neighbour search
+    by cosine similarity cannot. These numbers make such an embedding visible.
+
+    Args:
+        x: One row per tile.
+
+    Returns:
+        ``dims`` (D); ``effective_rank``: ``exp`` of the entropy of the normalised singular
+        values of the centred rows (Roy & Vetterli, 2007), from 1 (all variation along one
+        direction) to ``min(N - 1, D)``; ``mean_cosine``: the mean cosine similarity over pairs
+        of distinct rows (1: every tile points the same way; NaN with fewer than 2 rows).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, dims = x.shape
+    singular = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+    total = singular.sum()
+    if total > 0:
+        p = singular[singular > 0] / total
+        rank = float(np.exp(-(p * np.log(p)).sum()))
+    else:
+        rank = 0.0
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if n > 1:
+        cosine = (np.square(unit.sum(axis=0)).sum() - np.square(unit).sum()) / (n * (n - 1))
+    else:
+        cosine = np.nan
+    return {"dims": float(dims), "effective_rank": rank, "mean_cosine": float(cosine)}
+
+
 def random_init(checkpoint: Checkpoint, seed: int) -> Checkpoint:
     """The same architecture and settings as ``checkpoint``, untrained (seeded initialisation)."""
     with torch.random.fork_rng():

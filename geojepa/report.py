@@ -8,8 +8,9 @@ metric, ...). This module reduces the runs in two steps:
 
 :func:`paired_wins` counts the folds on which a model beats a baseline, :func:`markdown_report`
 renders the SPEC results table (rows = models and baselines, columns = tasks, lower is better),
-masked variant first, and :func:`write_report` writes the runs, the report, the settings and one
-plot per task (:func:`plot_task`) into a folder, each file atomically.
+masked variant first, :func:`health_table` adds the collapse indicators of every method's
+features, and :func:`write_report` writes the runs, the report, the settings, the health table
+and one plot per task (:func:`plot_task`) into a folder, each file atomically.
 """
 
 from __future__ import annotations
@@ -249,7 +250,9 @@ def _wins_table(
     return _table(["model", *tasks], body)
 
 
-def markdown_report(runs: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
+def markdown_report(
+    runs: pd.DataFrame, title: str, notes: Sequence[str], health: pd.DataFrame | None = None
+) -> str:
     """The results report: a table of mean ± std per variant (masked first) and paired wins.
 
     Rows are ``(method, probe)``, models before baselines; columns are the tasks in order of
@@ -262,6 +265,7 @@ def markdown_report(runs: pd.DataFrame, title: str, notes: Sequence[str]) -> str
         runs: One row per probe run.
         title: Report title.
         notes: Lines listed under the title (protocol, transductive pretraining, ...).
+        health: Optional embedding health (:func:`health_table`), appended as a last section.
 
     Returns:
         The report as Markdown text, ending with a newline.
@@ -303,7 +307,38 @@ def markdown_report(runs: pd.DataFrame, title: str, notes: Sequence[str]) -> str
             "",
         ]
         lines += _wins_table(in_variant, scores, variant, tasks)
+    if health is not None and not health.empty:
+        lines += ["", *health_table(health)]
     return "\n".join(lines) + "\n"
+
+
+def health_table(health: pd.DataFrame) -> list[str]:
+    """Markdown lines of the embedding health section: one row per method.
+
+    Args:
+        health: One row per method and input, with columns ``method``, ``input``, ``dims``,
+            ``effective_rank`` and ``mean_cosine`` (:func:`geojepa.features.embedding_health`);
+            the ``unmasked`` input is shown where present, else each method's first input.
+
+    Returns:
+        The section's lines.
+    """
+    order = list(dict.fromkeys(health["method"]))
+    preferred = health.assign(_later=health["input"] != "unmasked").sort_values("_later", kind="stable")
+    rows = preferred.drop_duplicates("method").set_index("method").loc[order]
+    lines = [
+        "## Embedding health",
+        "",
+        ("Collapse indicators of each method's tile features (probes standardise features, so a"
+         " collapsed embedding can still probe well; cosine nearest-neighbour search cannot)."
+         " Effective rank: exp of the entropy of the centred features' singular values (1 ="
+         " one direction); mean cosine: over pairs of tiles (1 = all alike). All inputs:"
+         " `health.csv`."),
+        "",
+    ]
+    body = [[str(method), str(row["input"]), f"{int(row['dims'])}", f"{row['effective_rank']:.1f}",
+             f"{row['mean_cosine']:.3f}"] for method, row in rows.iterrows()]
+    return lines + _table(["method", "input", "dims", "effective rank", "mean cosine"], body)
 
 
 def plot_task(runs: pd.DataFrame, task: str, path: Path) -> None:
@@ -356,14 +391,20 @@ def plot_task(runs: pd.DataFrame, task: str, path: Path) -> None:
 
 
 def write_report(
-    runs: pd.DataFrame, out_dir: Path, title: str, notes: Sequence[str], settings: dict[str, Any]
+    runs: pd.DataFrame,
+    out_dir: Path,
+    title: str,
+    notes: Sequence[str],
+    settings: dict[str, Any],
+    health: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write the runs, the Markdown report, the settings and one plot per task into a folder.
 
     Files: ``runs.csv``, ``results.md`` (:func:`markdown_report`), ``settings.json`` (sorted
     keys, indent 2; values JSON cannot hold, such as paths, as strings) and ``plot_<task>.png``
-    (:func:`plot_task`). Each is written under a temporary name in ``out_dir`` and renamed when
-    complete, so a reader never sees a partial file.
+    (:func:`plot_task`), and ``health.csv`` when ``health`` is given. Each is written under a
+    temporary name in ``out_dir`` and renamed when complete, so a reader never sees a partial
+    file.
 
     Args:
         runs: One row per probe run.
@@ -371,14 +412,16 @@ def write_report(
         title: Report title.
         notes: Lines listed under the title.
         settings: Evaluation settings to record.
+        health: Embedding health per method and input (:func:`health_table`).
 
     Returns:
-        The written paths by file stem: ``runs``, ``results``, ``settings``, ``plot_<task>``.
+        The written paths by file stem: ``runs``, ``results``, ``settings``, ``plot_<task>``
+        and ``health``.
 
     Raises:
         ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role.
     """
-    markdown = markdown_report(runs, title, notes)
+    markdown = markdown_report(runs, title, notes, health)
     settings_text = json.dumps(settings, sort_keys=True, indent=2, default=str) + "\n"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -390,6 +433,9 @@ def write_report(
     atomic_file(paths["runs"], lambda tmp: runs.to_csv(tmp, index=False))
     atomic_file(paths["results"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
     atomic_file(paths["settings"], lambda tmp: tmp.write_text(settings_text, encoding="utf-8"))
+    if health is not None:
+        paths["health"] = out_dir / "health.csv"
+        atomic_file(paths["health"], lambda tmp: health.to_csv(tmp, index=False))
     for task in dict.fromkeys(runs["task"]):
         path = paths[f"plot_{task}"] = out_dir / f"plot_{task}.png"
         atomic_file(path, lambda tmp, task=task: plot_task(runs, task, tmp))

@@ -63,6 +63,18 @@ def test_every_method_probe_and_fold_is_reported(report: Path) -> None:
         assert (report / name).is_file()
 
 
+def test_embedding_health_of_every_method_and_input(report: Path) -> None:
+    health = pd.read_csv(report / "health.csv")
+    featured = {"GeoJEPA-T", "GeoJEPA-T random init", "TagPool", "TagCount"}
+    assert set(health["method"]) == featured  # Dummy has no features
+    inputs = {"unmasked", "masked/building", "masked/signals", "masked/bridge"}
+    assert set(zip(health["method"], health["input"])) == {(m, i) for m in featured for i in inputs}
+    model = health[health["method"] == "GeoJEPA-T"]
+    assert (model["dims"] == 2 * TINY["d"]).all()
+    assert (health["effective_rank"] >= 1.0).all() and health["mean_cosine"].between(-1, 1).all()
+    assert "## Embedding health" in (report / "results.md").read_text()
+
+
 def test_all_methods_share_the_same_folds(report: Path) -> None:
     runs = _runs(report)
     sizes = runs.groupby("fold")[["n_train", "n_val", "n_test"]].nunique()

@@ -236,3 +236,22 @@ def test_plot_task_with_one_fold_and_one_variant(tmp_path: Path) -> None:
     assert len(data) > 5_000
     with pytest.raises(ValueError, match="max_speed"):
         plot_task(runs, "max_speed", tmp_path / "none.png")
+
+
+def test_health_section_prefers_the_unmasked_input_and_is_written(tmp_path: Path) -> None:
+    health = pd.DataFrame([
+        {"method": "GeoJEPA-T", "input": "masked/building", "dims": 256.0, "effective_rank": 3.0,
+         "mean_cosine": 0.5},
+        {"method": "GeoJEPA-T", "input": "unmasked", "dims": 256.0, "effective_rank": 41.25,
+         "mean_cosine": 0.99912},
+        {"method": "TagPool", "input": "masked/building", "dims": 768.0, "effective_rank": 12.0,
+         "mean_cosine": 0.25},
+    ])
+    text = markdown_report(make_runs(), "t", NOTES, health)
+    section = text[text.index("## Embedding health"):]
+    assert "| GeoJEPA-T | unmasked | 256 | 41.2 | 0.999 |" in section
+    assert "| TagPool | masked/building | 768 | 12.0 | 0.250 |" in section
+    assert section.index("GeoJEPA-T") < section.index("TagPool")
+    paths = write_report(make_runs(), tmp_path / "r", "t", NOTES, {}, health)
+    pd.testing.assert_frame_equal(pd.read_csv(paths["health"]), health)
+    assert paths["results"].read_text(encoding="utf-8") == text
