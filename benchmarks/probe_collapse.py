@@ -1,0 +1,163 @@
+"""Collapse study: does a pretraining variant keep its targets informative, and does it probe
+better than its own random initialisation? (issue 4; results in ``collapse_results.md``)
+
+Pretrains a tags-only small model on a prepared dataset (with ``geojepa tasks`` run), prints the
+collapse metrics of the last logged steps, then fits the linear probe on the masked
+building_count, max_speed and traffic_signals inputs over 5 spatial folds for the checkpoint and
+its untrained twin. Variants are switched on by patching the model for this process only; none
+of them is part of geojepa. Run by hand from the repository root, one process per core:
+
+    python benchmarks/probe_collapse.py DATASET OUT [--epochs 20] [--gz 15] [--seed 0]
+        [--ema-keep 0.01] [--ln-vicreg] [--model '{"vicreg_weight": 1.0, "dropout": 0.0}']
+        [--token-vicreg 1.0] [--default-init] [--fourier 8] [--standardise-targets] [--targets tokens]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import geojepa.model.jepa as jepa
+import geojepa.model.tokenizer as tokenizer
+from geojepa.dataset.reader import TileDataset
+from geojepa.embed import load_checkpoint
+from geojepa.evaluate import EvalConfig, _folds
+from geojepa.features import embedding_health, model_features, random_init
+from geojepa.model.schedules import cosine_increase, linear, warmup_cosine
+from geojepa.probes import fit_linear
+from geojepa.tasks import load_labels, masked_dataset, select_tasks
+from geojepa.train import GeoJEPAModule, TrainConfig, pretrain
+
+
+class Fourier(nn.Module):
+    """sin/cos of the box coordinates at ``k`` octaves, in front of the position MLP."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.register_buffer("freq", (2.0 ** torch.arange(k)) * math.pi)
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        z = (boxes[..., None] * self.freq).flatten(-2)
+        return torch.cat([z.sin(), z.cos()], dim=-1)
+
+
+def patch(args: argparse.Namespace) -> None:
+    """Switch on the requested variants."""
+    if args.ema_keep < 1.0:  # lower the starting momentum so the target keeps <= ema_keep of its init
+
+        def schedule(self: GeoJEPAModule) -> tuple[float, float, float]:
+            c = self.train_config
+            total = max(1, int(self.trainer.num_training_batches) * c.epochs // max(1, c.accumulate))
+            start = min(c.ema_start, max(0.0, 2.0 * (1.0 + math.log(args.ema_keep) / total) - c.ema_end))
+            step = self.global_step
+            return (warmup_cosine(step, total, c.warmup_frac, c.lr, c.min_lr),
+                    cosine_increase(step, total, c.weight_decay_start, c.weight_decay_end),
+                    linear(step, total, start, c.ema_end))
+
+        GeoJEPAModule._schedule = schedule
+    if args.ln_vicreg:  # VICReg on layer-normed rows: an affine gain cannot satisfy it
+        base_terms = jepa.vicreg_terms
+        jepa.vicreg_terms = lambda x, mask=None: base_terms(F.layer_norm(x.float(), (x.shape[-1],)), mask)
+    if args.default_init:  # PyTorch's default init for the tokeniser MLPs instead of std 0.02
+        tokenizer.init_weights = lambda module: None
+    if args.fourier:
+        base_mlp = tokenizer.mlp
+
+        def mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
+            if dim_in != 8:
+                return base_mlp(dim_in, hidden, dim_out)
+            return nn.Sequential(Fourier(args.fourier), nn.Linear(16 * args.fourier, hidden), nn.GELU(),
+                                 nn.Linear(hidden, dim_out))
+
+        tokenizer.mlp = mlp
+    if args.targets == "tokens":  # predict the target tokeniser's tokens, not the encoder's outputs
+
+        def token_targets(self: jepa.GeoJEPA, batch: object) -> tuple[object, torch.Tensor]:
+            tokens = self.target.tokenizer(batch)
+            x = F.layer_norm(tokens.x.float(), (tokens.x.shape[-1],))
+            return tokens, torch.where(tokens.valid[..., None], x, 0.0)
+
+        jepa.GeoJEPA.encode_targets = token_targets
+    if args.standardise_targets:  # each target dimension standardised over the batch's tokens
+        base_targets = jepa.GeoJEPA.encode_targets
+
+        def encode_targets(self: jepa.GeoJEPA, batch: object) -> tuple[object, torch.Tensor]:
+            tokens, t = base_targets(self, batch)
+            rows = t[tokens.valid]
+            scaled = (t - rows.mean(0)) / (rows.std(0, correction=0) + 1e-3)
+            return tokens, torch.where(tokens.valid[..., None], scaled, 0.0)
+
+        jepa.GeoJEPA.encode_targets = encode_targets
+    if args.token_vicreg:  # VICReg on the layer-normed token content (tokeniser output - prior)
+        base_loss = jepa.GeoJEPA.forward_loss
+
+        def forward_loss(self: jepa.GeoJEPA, batch: object, generator: torch.Generator):
+            seen: list[object] = []
+            hook = self.tokenizer.register_forward_hook(lambda m, i, o: seen.append(o))
+            try:
+                loss, logs = base_loss(self, batch, generator)
+            finally:
+                hook.remove()
+            content = (seen[-1].x - seen[-1].pos_mod).float()
+            var, cov = jepa.vicreg_terms(F.layer_norm(content, (content.shape[-1],)), seen[-1].valid)
+            return loss + args.token_vicreg * (var + cov), logs
+
+        jepa.GeoJEPA.forward_loss = forward_loss
+
+
+def main() -> None:
+    """Pretrain one variant and print its collapse metrics and probe scores."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--gz", type=int, default=15, help="zoom of the fold groups")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ema-keep", type=float, default=1.0)
+    ap.add_argument("--ln-vicreg", action="store_true")
+    ap.add_argument("--token-vicreg", type=float, default=0.0)
+    ap.add_argument("--default-init", action="store_true")
+    ap.add_argument("--fourier", type=int, default=0)
+    ap.add_argument("--standardise-targets", action="store_true")
+    ap.add_argument("--targets", choices=("encoder", "tokens"), default="encoder")
+    ap.add_argument("--model", default="{}", help="GeoJEPAConfig overrides as JSON")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    patch(args)
+    train = TrainConfig(preset="small", epochs=args.epochs, batch_size=16, progress=False, seed=args.seed,
+                        pretrain_splits="all", checkpoint_every=1000)
+    start = time.perf_counter()
+    pretrain(args.dataset, args.out, train, {"modalities": "T", **json.loads(args.model)})
+    took = time.perf_counter() - start
+    logs = pd.concat([pd.read_csv(p) for p in sorted((args.out / "logs" / "csv").glob("session*/metrics.csv"))])
+    last = logs.dropna(subset=["train/loss"]).iloc[-5:]
+    keys = ("loss_jepa", "var_pred", "var_context", "target_std", "target_cosine")
+    print(f"pretrain {took:.0f} s, " + ", ".join(f"{k} {last[f'train/{k}'].mean():.3f}" for k in keys))
+    ds, labels = TileDataset(args.dataset), load_labels(args.dataset).to_pandas()
+    _, folds = _folds(ds, labels, EvalConfig(group_zoom=args.gz))
+    trained = load_checkpoint(args.out / "checkpoints" / "last.ckpt")
+    untrained = random_init(trained, 0)
+    for task in select_tasks(["building_count", "max_speed", "traffic_signals"]):
+        source, y = masked_dataset(args.dataset, task.name), labels[task.name].to_numpy().astype(float)
+        scores = {}
+        for name, ckpt in (("model", trained), ("random", untrained)):
+            x = model_features(ckpt, source)
+            scores[name] = [fit_linear(x, y, f, task.kind, log_target=task.count).metric for f in folds]
+            health = embedding_health(x)
+            scores[name + "_health"] = f"rank {health['effective_rank']:.1f}, cos {health['mean_cosine']:.3f}"
+        wins = sum(a < b for a, b in zip(scores["model"], scores["random"], strict=True))
+        print(f"{task.name:16s} model {np.mean(scores['model']):6.3f} ({scores['model_health']})  random "
+              f"{np.mean(scores['random']):6.3f} ({scores['random_health']})  wins {wins}/{len(folds)}")
+
+
+if __name__ == "__main__":
+    main()
