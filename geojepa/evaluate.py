@@ -173,7 +173,8 @@ def evaluate(
                 "checkpoints": {k: c.path and str(c.path.resolve()) for k, c in loaded.items()}}
     title = f"GeoJEPA downstream evaluation: {dataset.name} (zoom {ds.manifest.zoom}, {len(labels)} tiles)"
     with atomic_folder(out, overwrite) as tmp:
-        write_report(pd.DataFrame(runs), tmp, title, notes, settings, pd.DataFrame(health))
+        write_report(pd.DataFrame(runs), tmp, title, notes, settings,
+                     pd.DataFrame(health) if health else None)
     return {p.stem: out / p.name for p in out.iterdir()}
 
 

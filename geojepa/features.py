@@ -106,7 +106,8 @@ def embedding_health(x: NDArray[np.floating]) -> dict[str, float]:
         ``dims`` (D); ``effective_rank``: ``exp`` of the entropy of the normalised singular
         values of the centred rows (Roy & Vetterli, 2007), from 1 (all variation along one
         direction) to ``min(N - 1, D)``; ``mean_cosine``: the mean cosine similarity over pairs
-        of distinct rows (1: every tile points the same way; NaN with fewer than 2 rows).
+        of distinct rows (1: every tile points the same way; an all-zero row, a tile without
+        tokens, counts as orthogonal to every other; NaN with fewer than 2 rows).
     """
     x = np.asarray(x, dtype=np.float64)
     n, dims = x.shape

@@ -190,3 +190,9 @@ def test_checkpoints_of_one_architecture_share_one_random_init(
                         baselines=("random",), variants=("masked",))
     evaluate({"a": checkpoint, "b": checkpoint}, helsinki, tmp_path / "r", config, progress=False)
     assert set(_runs(tmp_path / "r")["method"]) == {"a", "b", "random init of a, b"}
+
+
+def test_dummy_only_evaluation_writes_no_health_table(helsinki: Path, tmp_path: Path) -> None:
+    config = EvalConfig(tasks=("building_count",), folds=3, group_zoom=16, baselines=("dummy",))
+    files = evaluate({}, helsinki, tmp_path / "r", config, progress=False)
+    assert "health" not in files and "Embedding health" not in files["results"].read_text()
