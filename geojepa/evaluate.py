@@ -257,6 +257,7 @@ def _run_all(
             y = labels[task.name].to_numpy().astype(np.float64)
             for variant in config.variants:
                 source = dataset if variant == "unmasked" else masked_dataset(dataset, task.name)
+                input_name = variant if variant == "unmasked" else f"{variant}/{source.name}"
                 for method in methods:
                     bar.update(job, description=f"{task.name} {variant} {method.name}")
                     x = None
@@ -264,8 +265,7 @@ def _run_all(
                         key = (method.name, source)
                         if key not in cache:
                             cache[key] = _checked(method.features(source), len(y), source)
-                            name = "unmasked" if source == dataset else f"masked/{source.name}"
-                            health.append({"method": method.name, "input": name,
+                            health.append({"method": method.name, "input": input_name,
                                            **embedding_health(cache[key])})
                         x = cache[key]
                     with _one_thread():
