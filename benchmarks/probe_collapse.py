@@ -28,14 +28,15 @@ from torch import nn
 
 import geojepa.model.jepa as jepa
 import geojepa.model.tokenizer as tokenizer
+import geojepa.train as train_module
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint
 from geojepa.evaluate import EvalConfig, _folds
 from geojepa.features import embedding_health, model_features, random_init
-from geojepa.model.schedules import cosine_increase, linear, warmup_cosine
+from geojepa.model.schedules import linear
 from geojepa.probes import fit_linear
 from geojepa.tasks import load_labels, masked_dataset, select_tasks
-from geojepa.train import GeoJEPAModule, TrainConfig, pretrain
+from geojepa.train import TrainConfig, pretrain
 
 
 class Fourier(nn.Module):
@@ -52,21 +53,21 @@ class Fourier(nn.Module):
 
 def patch(args: argparse.Namespace) -> None:
     """Switch on the requested variants."""
-    if args.ema_keep < 1.0:  # lower the starting momentum so the target keeps <= ema_keep of its init
-
-        def schedule(self: GeoJEPAModule) -> tuple[float, float, float]:
-            c = self.train_config
-            total = max(1, int(self.trainer.num_training_batches) * c.epochs // max(1, c.accumulate))
-            start = min(c.ema_start, max(0.0, 2.0 * (1.0 + math.log(args.ema_keep) / total) - c.ema_end))
-            step = self.global_step
-            return (warmup_cosine(step, total, c.warmup_frac, c.lr, c.min_lr),
-                    cosine_increase(step, total, c.weight_decay_start, c.weight_decay_end),
-                    linear(step, total, start, c.ema_end))
-
-        GeoJEPAModule._schedule = schedule
+    if (
+        args.ema_keep < 1.0
+    ):  # lower the starting momentum so the target keeps <= ema_keep of its init
+        # train.py calls ``linear`` only for the EMA momentum; sum(1 - m) over the run >= -ln(keep)
+        train_module.linear = lambda step, total, start, end: linear(
+            step,
+            total,
+            min(start, max(0.0, 2.0 * (1.0 + math.log(args.ema_keep) / total) - end)),
+            end,
+        )
     if args.ln_vicreg:  # VICReg on layer-normed rows: an affine gain cannot satisfy it
         base_terms = jepa.vicreg_terms
-        jepa.vicreg_terms = lambda x, mask=None: base_terms(F.layer_norm(x.float(), (x.shape[-1],)), mask)
+        jepa.vicreg_terms = lambda x, mask=None: base_terms(
+            F.layer_norm(x.float(), (x.shape[-1],)), mask
+        )
     if args.default_init:  # PyTorch's default init for the tokeniser MLPs instead of std 0.02
         tokenizer.init_weights = lambda module: None
     if args.fourier:
@@ -75,8 +76,12 @@ def patch(args: argparse.Namespace) -> None:
         def mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
             if dim_in != 8:
                 return base_mlp(dim_in, hidden, dim_out)
-            return nn.Sequential(Fourier(args.fourier), nn.Linear(16 * args.fourier, hidden), nn.GELU(),
-                                 nn.Linear(hidden, dim_out))
+            return nn.Sequential(
+                Fourier(args.fourier),
+                nn.Linear(16 * args.fourier, hidden),
+                nn.GELU(),
+                nn.Linear(hidden, dim_out),
+            )
 
         tokenizer.mlp = mlp
     if args.targets == "tokens":  # predict the target tokeniser's tokens, not the encoder's outputs
@@ -108,7 +113,9 @@ def patch(args: argparse.Namespace) -> None:
             finally:
                 hook.remove()
             content = (seen[-1].x - seen[-1].pos_mod).float()
-            var, cov = jepa.vicreg_terms(F.layer_norm(content, (content.shape[-1],)), seen[-1].valid)
+            var, cov = jepa.vicreg_terms(
+                F.layer_norm(content, (content.shape[-1],)), seen[-1].valid
+            )
             return loss + args.token_vicreg * (var + cov), logs
 
         jepa.GeoJEPA.forward_loss = forward_loss
@@ -133,30 +140,50 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     patch(args)
-    train = TrainConfig(preset="small", epochs=args.epochs, batch_size=16, progress=False, seed=args.seed,
-                        pretrain_splits="all", checkpoint_every=1000)
+    train = TrainConfig(
+        preset="small",
+        epochs=args.epochs,
+        batch_size=16,
+        progress=False,
+        seed=args.seed,
+        pretrain_splits="all",
+        checkpoint_every=1000,
+    )
     start = time.perf_counter()
     pretrain(args.dataset, args.out, train, {"modalities": "T", **json.loads(args.model)})
     took = time.perf_counter() - start
-    logs = pd.concat([pd.read_csv(p) for p in sorted((args.out / "logs" / "csv").glob("session*/metrics.csv"))])
+    logs = pd.concat(
+        [pd.read_csv(p) for p in sorted((args.out / "logs" / "csv").glob("session*/metrics.csv"))]
+    )
     last = logs.dropna(subset=["train/loss"]).iloc[-5:]
     keys = ("loss_jepa", "var_pred", "var_context", "target_std", "target_cosine")
-    print(f"pretrain {took:.0f} s, " + ", ".join(f"{k} {last[f'train/{k}'].mean():.3f}" for k in keys))
+    print(
+        f"pretrain {took:.0f} s, " + ", ".join(f"{k} {last[f'train/{k}'].mean():.3f}" for k in keys)
+    )
     ds, labels = TileDataset(args.dataset), load_labels(args.dataset).to_pandas()
     _, folds = _folds(ds, labels, EvalConfig(group_zoom=args.gz))
     trained = load_checkpoint(args.out / "checkpoints" / "last.ckpt")
     untrained = random_init(trained, 0)
     for task in select_tasks(["building_count", "max_speed", "traffic_signals"]):
-        source, y = masked_dataset(args.dataset, task.name), labels[task.name].to_numpy().astype(float)
+        source, y = (
+            masked_dataset(args.dataset, task.name),
+            labels[task.name].to_numpy().astype(float),
+        )
         scores = {}
         for name, ckpt in (("model", trained), ("random", untrained)):
             x = model_features(ckpt, source)
-            scores[name] = [fit_linear(x, y, f, task.kind, log_target=task.count).metric for f in folds]
+            scores[name] = [
+                fit_linear(x, y, f, task.kind, log_target=task.count).metric for f in folds
+            ]
             health = embedding_health(x)
-            scores[name + "_health"] = f"rank {health['effective_rank']:.1f}, cos {health['mean_cosine']:.3f}"
+            scores[name + "_health"] = (
+                f"rank {health['effective_rank']:.1f}, cos {health['mean_cosine']:.3f}"
+            )
         wins = sum(a < b for a, b in zip(scores["model"], scores["random"], strict=True))
-        print(f"{task.name:16s} model {np.mean(scores['model']):6.3f} ({scores['model_health']})  random "
-              f"{np.mean(scores['random']):6.3f} ({scores['random_health']})  wins {wins}/{len(folds)}")
+        print(
+            f"{task.name:16s} model {np.mean(scores['model']):6.3f} ({scores['model_health']})  random "
+            f"{np.mean(scores['random']):6.3f} ({scores['random_health']})  wins {wins}/{len(folds)}"
+        )
 
 
 if __name__ == "__main__":
