@@ -9,7 +9,9 @@ of them is part of geojepa. Run by hand from the repository root, one process pe
 
     python benchmarks/probe_collapse.py DATASET OUT [--epochs 20] [--gz 15] [--seed 0]
         [--ema-keep 0.01] [--ln-vicreg] [--model '{"vicreg_weight": 1.0, "dropout": 0.0}']
-        [--token-vicreg 1.0] [--default-init] [--fourier 8] [--standardise-targets] [--targets tokens]
+        [--token-vicreg 1.0] [--default-init] [--fourier 8] [--standardise-targets]
+        [--targets tokens] [--prior-norm] [--freeze-content] [--balanced]
+        [--train '{"weight_decay_start": 0.0, "weight_decay_end": 0.0}']
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import geojepa.model.encoder as encoder
 import geojepa.model.jepa as jepa
 import geojepa.model.tokenizer as tokenizer
 import geojepa.train as train_module
@@ -49,6 +52,32 @@ class Fourier(nn.Module):
     def forward(self, boxes: torch.Tensor) -> torch.Tensor:
         z = (boxes[..., None] * self.freq).flatten(-2)
         return torch.cat([z.sin(), z.cos()], dim=-1)
+
+
+def prior_norm() -> None:
+    """Layer-norm the priors the predictor sees, so that its queries differ by position.
+
+    At the std-0.02 initialisation the prior is about 1e-4 of the mask token, so every query of a
+    block is the same vector; see ``probe_collapse_diagnostics.py predictor``.
+    """
+    base_forward = encoder.Predictor.forward
+
+    def forward(
+        self: encoder.Predictor,
+        context: torch.Tensor,
+        context_prior: torch.Tensor,
+        context_valid: torch.Tensor,
+        query_prior: torch.Tensor,
+        *rest: torch.Tensor,
+    ) -> torch.Tensor:
+        def norm(x: torch.Tensor) -> torch.Tensor:
+            return F.layer_norm(x, (x.shape[-1],))
+
+        return base_forward(
+            self, context, norm(context_prior), context_valid, norm(query_prior), *rest
+        )
+
+    encoder.Predictor.forward = forward
 
 
 def patch(args: argparse.Namespace) -> None:
@@ -84,6 +113,29 @@ def patch(args: argparse.Namespace) -> None:
             )
 
         tokenizer.mlp = mlp
+    if args.prior_norm:
+        prior_norm()
+    if args.balanced:  # tokens = LN(content) + LN(prior): position as loud as content at init
+        base_tokens = tokenizer.Tokenizer.forward
+
+        def tokens_forward(self: tokenizer.Tokenizer, *a: object, **k: object) -> tokenizer.Tokens:
+            t = base_tokens(self, *a, **k)
+            keep = t.valid[..., None]
+            prior = torch.where(keep, F.layer_norm(t.pos_mod, (self.dim,)), 0.0)
+            content = torch.where(keep, F.layer_norm(t.x - t.pos_mod, (self.dim,)), 0.0)
+            return tokenizer.Tokens(content + prior, prior, t.boxes, t.modality, t.valid)
+
+        tokenizer.Tokenizer.forward = tokens_forward
+    if args.freeze_content:  # the entity content (tag projection, fusion) stays at its init
+        base_init = jepa.GeoJEPA.__init__
+
+        def init(self: jepa.GeoJEPA, *a: object, **k: object) -> None:
+            base_init(self, *a, **k)
+            for part in (self.tokenizer.tags, self.tokenizer.fusion):
+                if part is not None:
+                    part.requires_grad_(False)
+
+        jepa.GeoJEPA.__init__ = init
     if args.targets == "tokens":  # predict the target tokeniser's tokens, not the encoder's outputs
 
         def token_targets(self: jepa.GeoJEPA, batch: object) -> tuple[object, torch.Tensor]:
@@ -135,8 +187,12 @@ def main() -> None:
     ap.add_argument("--default-init", action="store_true")
     ap.add_argument("--fourier", type=int, default=0)
     ap.add_argument("--standardise-targets", action="store_true")
+    ap.add_argument("--prior-norm", action="store_true")
+    ap.add_argument("--freeze-content", action="store_true")
+    ap.add_argument("--balanced", action="store_true")
     ap.add_argument("--targets", choices=("encoder", "tokens"), default="encoder")
     ap.add_argument("--model", default="{}", help="GeoJEPAConfig overrides as JSON")
+    ap.add_argument("--train", default="{}", help="TrainConfig overrides as JSON")
     args = ap.parse_args()
     torch.set_num_threads(1)
     patch(args)
@@ -148,6 +204,7 @@ def main() -> None:
         seed=args.seed,
         pretrain_splits="all",
         checkpoint_every=1000,
+        **json.loads(args.train),
     )
     start = time.perf_counter()
     pretrain(args.dataset, args.out, train, {"modalities": "T", **json.loads(args.model)})
@@ -180,9 +237,10 @@ def main() -> None:
                 f"rank {health['effective_rank']:.1f}, cos {health['mean_cosine']:.3f}"
             )
         wins = sum(a < b for a, b in zip(scores["model"], scores["random"], strict=True))
+        model, random = np.mean(scores["model"]), np.mean(scores["random"])
         print(
-            f"{task.name:16s} model {np.mean(scores['model']):6.3f} ({scores['model_health']})  random "
-            f"{np.mean(scores['random']):6.3f} ({scores['random_health']})  wins {wins}/{len(folds)}"
+            f"{task.name:16s} model {model:6.3f} ({scores['model_health']})  "
+            f"random {random:6.3f} ({scores['random_health']})  wins {wins}/{len(folds)}"
         )
 
 

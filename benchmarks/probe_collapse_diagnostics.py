@@ -9,6 +9,12 @@ Run by hand from the repository root:
         norms and mean pairwise cosines of the target tokeniser's entity content and
         position/modality prior, and of the layer-normed target tokens, on one batch of 32 tiles,
         trained vs initialisation
+    python benchmarks/probe_collapse_diagnostics.py predictor CKPT DATASET [--prior-norm]
+        on one batch of 32 tiles with one seeded area mask, trained vs initialisation: the
+        predictor's loss against the loss of predicting every target of a block as the block's
+        mean target, the mean pairwise cosine of the predictions within a block and of the
+        targets, and the norms of the mask token and of the position part of the queries
+        (``--prior-norm``: the checkpoint was trained with ``probe_collapse.py --prior-norm``)
     python benchmarks/probe_collapse_diagnostics.py tokeniser DATASET [--gz 14]
         masked max_speed linear-probe MAE of [max, mean]-pooled entity tag vectors after each
         step of the tag encoder: raw sum (TagPool), layer norm, random projections to 384 and 128
@@ -29,6 +35,9 @@ from geojepa.dataset.reader import TileDataset
 from geojepa.embed import Checkpoint, iter_embeddings, load_checkpoint
 from geojepa.evaluate import EvalConfig, _folds
 from geojepa.features import _pool, random_init
+from geojepa.model.jepa import gather
+from geojepa.model.losses import jepa_loss
+from geojepa.model.masks import MaskConfig, gather_target_tokens, gather_tokens, sample_masks
 from geojepa.model.text import tag_embedding_table
 from geojepa.probes import fit_linear
 from geojepa.tasks import load_labels, masked_dataset, select_tasks
@@ -81,6 +90,44 @@ def tokens(path: Path, dataset: Path) -> None:
               f"std(targets) {float(targets.std(0).mean()):.3f}")
 
 
+def _block_cosine(x: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean over blocks (rows) with >= 2 real entries of their mean pairwise cosine."""
+    rows = [row[ok] for row, ok in zip(x, valid, strict=True) if ok.sum() > 1]
+    return float(np.mean([_cosine(row) for row in rows]))
+
+
+def predictor(path: Path, dataset: Path, normed: bool) -> None:
+    """Print whether the predictor tells its targets apart (see the module docstring)."""
+    ckpt = load_checkpoint(path)
+    batch = _first_batch(ckpt, dataset)
+    only_area = MaskConfig(area_prob=1.0, random_prob=0.0, modality_prob=0.0)
+    for name, model in (("trained", ckpt.model), ("init", random_init(ckpt, 0).model)):
+        model.eval()
+        with torch.no_grad():
+            target_tokens, targets = model.encode_targets(batch)
+            masks = sample_masks(target_tokens.boxes, target_tokens.modality, target_tokens.valid,
+                                 only_area, torch.Generator().manual_seed(0))
+            tokens = model.tokenizer(batch)
+            context_index, context_valid = gather_tokens(masks.context)
+            context = model.encode_context(tokens.x, context_index, context_valid)
+            index, valid, tile = gather_target_tokens(masks.targets)
+            query_prior = gather(tokens.pos_mod, index, tile)
+            pred = model.predictor(context, gather(tokens.pos_mod, context_index), context_valid,
+                                   query_prior, valid, tile)
+            wanted = gather(targets, index, tile)
+            weights = valid[..., None].float()
+            block_mean = (wanted * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+            oracle = jepa_loss(block_mean.expand_as(wanted), wanted, valid)
+            if normed:
+                query_prior = F.layer_norm(query_prior, (query_prior.shape[-1],))
+            position = model.predictor.prior(query_prior)[valid]
+        print(f"{name}: loss {float(jepa_loss(pred, wanted, valid)):.4f} block-mean loss "
+              f"{float(oracle):.4f} cos(predictions in a block) {_block_cosine(pred, valid):.3f} "
+              f"cos(targets in a block) {_block_cosine(wanted, valid):.3f} |mask token| "
+              f"{float(model.predictor.mask_token.norm()):.3f} |query position part| "
+              f"{float(position.norm(dim=1).mean()):.4f} (cos {_cosine(position):.3f})")
+
+
 def tokeniser(dataset: Path, group_zoom: int) -> None:
     """Print the masked max_speed MAE of pooled tag vectors after each tag-encoder step."""
     ds, labels = TileDataset(dataset), load_labels(dataset).to_pandas()
@@ -88,7 +135,8 @@ def tokeniser(dataset: Path, group_zoom: int) -> None:
     vocab = ds.vocabulary().column("tag").to_pylist()
     table, ids = tag_embedding_table(dataset, vocab).numpy(), TagVocabulary(vocab)
     rng = np.random.default_rng(0)
-    project = {d: rng.normal(size=(table.shape[1], d)) / np.sqrt(table.shape[1]) for d in (384, 128)}
+    width = table.shape[1]
+    project = {d: rng.normal(size=(width, d)) / np.sqrt(width) for d in (384, 128)}
     task = select_tasks(["max_speed"])[0]
     steps: dict[str, list[np.ndarray]] = {"raw sum (TagPool)": [], "layer norm": [],
                                           "layer norm, 384": [], "layer norm, 128": []}
@@ -96,7 +144,8 @@ def tokeniser(dataset: Path, group_zoom: int) -> None:
         entities = pc.list_flatten(batch.column("entities"))
         tags = entities.field("tags")
         vectors = np.zeros((len(entities), table.shape[1]), np.float32)
-        np.add.at(vectors, pc.list_parent_indices(tags).to_numpy(), table[ids.ids(pc.list_flatten(tags))])
+        owner = pc.list_parent_indices(tags).to_numpy()
+        np.add.at(vectors, owner, table[ids.ids(pc.list_flatten(tags))])
         normed = (vectors - vectors.mean(1, keepdims=True)) / (vectors.std(1, keepdims=True) + 1e-5)
         normed[np.abs(vectors).sum(1) == 0] = 0.0
         tile = pc.list_parent_indices(batch.column("entities")).to_numpy()
@@ -118,6 +167,10 @@ def main() -> None:
     p = sub.add_parser("tokens")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("dataset", type=Path)
+    p = sub.add_parser("predictor")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--prior-norm", action="store_true")
     p = sub.add_parser("tokeniser")
     p.add_argument("dataset", type=Path)
     p.add_argument("--gz", type=int, default=14)
@@ -127,6 +180,12 @@ def main() -> None:
         drift(args.checkpoints)
     elif args.what == "tokens":
         tokens(args.checkpoint, args.dataset)
+    elif args.what == "predictor":
+        if args.prior_norm:
+            from probe_collapse import prior_norm
+
+            prior_norm()
+        predictor(args.checkpoint, args.dataset, args.prior_norm)
     else:
         tokeniser(args.dataset, args.gz)
 
