@@ -282,7 +282,7 @@ def _add_pretrain(sub: argparse._SubParsersAction, full: bool) -> None:
 def _run_pretrain(args: argparse.Namespace) -> int:
     from geojepa.config import build, load_yaml, overrides_from_args
     from geojepa.model.jepa import GeoJEPAConfig
-    from geojepa.train import RUN_CONFIG, TrainConfig, pretrain
+    from geojepa.train import RUN_CONFIG, CollapseMonitor, TrainConfig, pretrain
 
     config_file = args.config
     if config_file is None and args.resume:
@@ -292,8 +292,12 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     model_values = {k: v for k, v in sections.get("model", {}).items() if k not in ("vocab_size", "tag_table")}
     model_values.update(overrides_from_args(args, GeoJEPAConfig, prefix="model-"))
     train = build(TrainConfig, train_values, str(config_file or "command line"))
-    last = pretrain(args.dataset, args.out, train, model_values, resume=args.resume)
+    monitor = CollapseMonitor()
+    last = pretrain(args.dataset, args.out, train, model_values, resume=args.resume, callbacks=[monitor])
     print(f"last checkpoint: {last}")
+    report = monitor.report()
+    if report is not None:
+        print(report)
     return 0
 
 

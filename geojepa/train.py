@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,13 @@ from geojepa.dataset.loader import TagVocabulary, TileStream
 from geojepa.dataset.reader import TileDataset
 from geojepa.errors import GeoJepaError
 from geojepa.model.jepa import GeoJEPA, GeoJEPAConfig, config_from_preset
-from geojepa.model.schedules import apply_schedules, cosine_increase, linear, param_groups, warmup_cosine
+from geojepa.model.schedules import (
+    apply_schedules,
+    cosine_increase,
+    linear,
+    param_groups,
+    warmup_cosine,
+)
 
 # The streaming dataset deals batches to workers and ranks itself, and the EMA target and
 # frozen encoders are in eval mode on purpose: Lightning's generic warnings about both do not apply.
@@ -315,3 +322,45 @@ class _EpochStream(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.data.stream is not None:
             self.data.stream.set_epoch(trainer.current_epoch)
+
+
+COLLAPSE_COSINE = 0.99
+"""Mean cosine between target tokens from which :class:`CollapseMonitor` calls them collapsed
+(about 0.72-0.86 at initialisation; see ``benchmarks/collapse_results.md``)."""
+
+
+class CollapseMonitor(Callback):
+    """Collapse metrics of the JEPA targets over the last training steps (global rank 0 only).
+
+    Args:
+        window: Number of last steps averaged.
+    """
+
+    def __init__(self, window: int = 50) -> None:
+        self.cosine: deque[float] = deque(maxlen=window)
+        self.std: deque[float] = deque(maxlen=window)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Record this step's ``train/target_cosine`` and ``train/target_std``."""
+        if not trainer.is_global_zero:
+            return
+        for name, values in (("cosine", self.cosine), ("std", self.std)):
+            value = trainer.callback_metrics.get(f"train/target_{name}")
+            if value is not None and math.isfinite(float(value)):
+                values.append(float(value))
+
+    def report(self) -> str | None:
+        """One line on the targets of the last steps, or None when nothing was recorded."""
+        if not self.cosine or not self.std:
+            return None
+        cosine, std = sum(self.cosine) / len(self.cosine), sum(self.std) / len(self.std)
+        line = f"JEPA targets over the last {len(self.cosine)} steps: mean cosine {cosine:.3f}, std {std:.3f}"
+        if cosine < COLLAPSE_COSINE:
+            return line
+        return (
+            f"{line}: collapsed (cosine >= {COLLAPSE_COSINE}); the embeddings are nearly parallel, so "
+            "cosine search cannot tell tiles apart; check the embedding-health table of "
+            "`geojepa evaluate` (README: 'Embedding quality')"
+        )

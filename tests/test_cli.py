@@ -71,6 +71,7 @@ def test_pretrain_from_yaml_with_flag_overrides(tmp_path: Path) -> None:
     res = run("pretrain", str(data), "-o", str(run_dir), "--config", str(cfg), "--lr", "0.002",
               "--progress", "false", "--model-geometry-dim", "8", "--model-geometry-heads", "2")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "JEPA targets over the last 2 steps: mean cosine" in res.stdout
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["train"]["lr"] == 0.002 and saved["train"]["epochs"] == 1
     assert saved["model"]["d"] == 32 and saved["model"]["geometry_dim"] == 8

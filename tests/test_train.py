@@ -16,7 +16,7 @@ from geojepa.embed import embed_dataset, load_checkpoint
 from geojepa.errors import GeoJepaError
 from geojepa.prepare import PrepareConfig, prepare
 from geojepa.synth import SynthConfig, write_synthetic_city
-from geojepa.train import GeoJEPAModule, TrainConfig, pretrain
+from geojepa.train import COLLAPSE_COSINE, CollapseMonitor, GeoJEPAModule, TrainConfig, pretrain
 
 TINY = {"d": 64, "depth": 2, "heads": 4, "predictor_d": 32, "predictor_depth": 1, "predictor_heads": 4,
         "geometry_dim": 16, "geometry_depth": 1, "geometry_heads": 2}
@@ -58,10 +58,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_training_on_helsinki_lowers_loss_without_collapse(helsinki: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    pretrain(helsinki, run, _train(epochs=8), {"modalities": "GT"})
+    monitor = CollapseMonitor(window=20)
+    pretrain(helsinki, run, _train(epochs=8), {"modalities": "GT"}, callbacks=[monitor])
     m = _metrics(run)
     losses = m["train/loss"].to_numpy()
     assert len(losses) >= 80
+    # The monitor averages exactly the last 20 logged steps' target metrics.
+    assert list(monitor.cosine) == pytest.approx(m["train/target_cosine"].to_numpy()[-20:].tolist())
+    assert list(monitor.std) == pytest.approx(m["train/target_std"].to_numpy()[-20:].tolist())
     assert losses[-15:].mean() < 0.8 * losses[:15].mean()
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
     emb = embed_dataset(ckpt, helsinki, progress=False)
@@ -75,6 +79,19 @@ def test_training_on_helsinki_lowers_loss_without_collapse(helsinki: Path, tmp_p
     assert emb.entity.std(axis=0).mean() > 0.05
     # Every checkpoint is kept (early ones often probe best).
     assert len(list((run / "checkpoints").glob("epoch*.ckpt"))) == 8
+
+
+def test_collapse_monitor_report() -> None:
+    monitor = CollapseMonitor(window=3)
+    assert monitor.report() is None
+    monitor.cosine.extend([0.5, 0.8, 0.9, 0.95])  # the window keeps the last 3
+    monitor.std.extend([0.3, 0.3, 0.3])
+    report = monitor.report()
+    assert report is not None and "last 3 steps: mean cosine 0.883, std 0.300" in report
+    assert "collapsed" not in report
+    monitor.cosine.extend([COLLAPSE_COSINE, 1.0, 0.999])
+    report = monitor.report()
+    assert report is not None and "mean cosine 0.996" in report and "collapsed" in report
 
 
 def test_multimodal_training_on_synthetic_city(city: Path, tmp_path: Path) -> None:
