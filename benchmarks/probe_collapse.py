@@ -220,7 +220,7 @@ def main() -> None:
     ds, labels = TileDataset(args.dataset), load_labels(args.dataset).to_pandas()
     _, folds = _folds(ds, labels, EvalConfig(group_zoom=args.gz))
     trained = load_checkpoint(args.out / "checkpoints" / "last.ckpt")
-    untrained = random_init(trained, 0)
+    untrained = random_init(trained)
     for task in select_tasks(["building_count", "max_speed", "traffic_signals"]):
         source, y = (
             masked_dataset(args.dataset, task.name),

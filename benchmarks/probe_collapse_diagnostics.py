@@ -51,7 +51,7 @@ def drift(paths: list[Path]) -> None:
     """Print ||target - init|| / ||init|| and the same for the online encoder."""
     for path in paths:
         ckpt = load_checkpoint(path)
-        init = _flat(random_init(ckpt, 0).model.target.encoder)
+        init = _flat(random_init(ckpt).model.target.encoder)
         target, online = _flat(ckpt.model.target.encoder), _flat(ckpt.model.encoder)
         print(f"{path}: target {float((target - init).norm() / init.norm()):.3f}, "
               f"online {float((online - init).norm() / init.norm()):.3f}")
@@ -78,7 +78,7 @@ def tokens(path: Path, dataset: Path) -> None:
     """Print content/prior norms and cosines of the target tokeniser, trained vs init."""
     ckpt = load_checkpoint(path)
     batch = _first_batch(ckpt, dataset)
-    for name, model in (("trained", ckpt.model), ("init", random_init(ckpt, 0).model)):
+    for name, model in (("trained", ckpt.model), ("init", random_init(ckpt).model)):
         with torch.no_grad():
             t = model.target.tokenizer(batch)
             content, prior = (t.x - t.pos_mod)[t.valid], t.pos_mod[t.valid]
@@ -101,7 +101,7 @@ def predictor(path: Path, dataset: Path, normed: bool) -> None:
     ckpt = load_checkpoint(path)
     batch = _first_batch(ckpt, dataset)
     only_area = MaskConfig(area_prob=1.0, random_prob=0.0, modality_prob=0.0)
-    for name, model in (("trained", ckpt.model), ("init", random_init(ckpt, 0).model)):
+    for name, model in (("trained", ckpt.model), ("init", random_init(ckpt).model)):
         model.eval()
         with torch.no_grad():
             target_tokens, targets = model.encode_targets(batch)

@@ -232,7 +232,7 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(d.baselines))
     p.add_argument("--no-log-counts", dest="log_counts", action="store_false",
                    help="fit count tasks on the raw counts instead of log1p")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the folds and the MLP probes")
     p.add_argument("--overwrite", action="store_true")
 
 

@@ -4,8 +4,8 @@ For every task, input variant (masked: the label-bearing tags and entities remov
 method, probes are fitted on the same spatial folds:
 
 * methods: each GeoJEPA checkpoint, and the baselines - Dummy (train median), TagPool, TagCount,
-  each checkpoint's architecture untrained (random initialisation), and, for a checkpoint that
-  uses images, the same model fed the image patches alone;
+  each checkpoint's own random initialisation (its weights before pretraining), and, for a
+  checkpoint that uses images, the same model fed the image patches alone;
 * protocol ``cv``: k folds over spatial groups (zoom-14 tiles by default); fold ``i`` tests on
   group fold ``i``, selects hyper-parameters and stops early on fold ``i + 1``, trains on the rest;
   protocol ``split``: the dataset's stored train/val/test split, one fold (for large datasets);
@@ -77,7 +77,8 @@ class EvalConfig:
         log_counts: Fit count tasks in log space.
         split_min_test: Test tiles that make the stored split large enough for ``auto``.
         tag_count_vocab: Most frequent tags used by TagCount.
-        seed: Seed of the folds and of the random initialisation.
+        seed: Seed of the folds and of the MLP probes (the random-init baseline is each
+            checkpoint's own initialisation, from its training seed).
         batch_size: Tiles per forward pass when embedding.
     """
 
@@ -206,8 +207,8 @@ def _methods(loaded: dict[str, Checkpoint], ds: TileDataset, config: EvalConfig)
         for name, ckpt in loaded.items()
     ]
     if "random" in config.baselines:
-        for names, ckpt in _same_architecture(loaded):
-            untrained = random_init(ckpt, config.seed)
+        for names, ckpt in _same_initialisation(loaded):
+            untrained = random_init(ckpt)
             label = f"{names[0]} random init" if len(names) == 1 else f"random init of {', '.join(names)}"
             methods.append(Method(label, "baseline",
                                   lambda d, c=untrained: model_features(c, d, batch_size=config.batch_size)))
@@ -225,11 +226,13 @@ def _methods(loaded: dict[str, Checkpoint], ds: TileDataset, config: EvalConfig)
     return methods
 
 
-def _same_architecture(loaded: dict[str, Checkpoint]) -> list[tuple[list[str], Checkpoint]]:
-    """Checkpoints grouped by settings and vocabulary: each group has one untrained twin."""
+def _same_initialisation(loaded: dict[str, Checkpoint]) -> list[tuple[list[str], Checkpoint]]:
+    """Checkpoints grouped by settings, vocabulary and training seed, i.e. by initial weights:
+    each group has one untrained twin."""
     groups: dict[str, tuple[list[str], Checkpoint]] = {}
     for name, ckpt in loaded.items():
-        key = json.dumps([ckpt.config.to_dict(), ckpt.vocabulary], sort_keys=True, default=str)
+        seed = ckpt.train.get("seed", 0)
+        key = json.dumps([ckpt.config.to_dict(), ckpt.vocabulary, seed], sort_keys=True, default=str)
         groups.setdefault(key, ([], ckpt))[0].append(name)
     return list(groups.values())
 

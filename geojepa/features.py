@@ -126,8 +126,22 @@ def embedding_health(x: NDArray[np.floating]) -> dict[str, float]:
     return {"dims": float(dims), "effective_rank": rank, "mean_cosine": float(cosine)}
 
 
-def random_init(checkpoint: Checkpoint, seed: int) -> Checkpoint:
-    """The same architecture and settings as ``checkpoint``, untrained (seeded initialisation)."""
+def random_init(checkpoint: Checkpoint, seed: int | None = None) -> Checkpoint:
+    """The same architecture and settings as ``checkpoint``, untrained.
+
+    ``geojepa pretrain`` seeds torch with the run's seed and builds the model right away, so
+    building it again after the same seed gives back exactly the weights the run started from.
+
+    Args:
+        checkpoint: A trained checkpoint.
+        seed: Seed of the initialisation; None = the checkpoint's training seed (its own
+            initialisation; 0 when the checkpoint does not record one).
+
+    Returns:
+        The untrained model, in eval mode on the checkpoint's device.
+    """
+    if seed is None:
+        seed = int(checkpoint.train.get("seed", 0))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GeoJEPA(checkpoint.config)

@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from geojepa.cli import main
 from geojepa.dataset.manifest import seen_by
 from geojepa.dataset.reader import TileDataset
+from geojepa.embed import load_checkpoint
 from geojepa.errors import GeoJepaError
 from geojepa.evaluate import EvalConfig, evaluate
+from geojepa.features import random_init
 from geojepa.prepare import PrepareConfig, prepare
 from geojepa.probes import grouped_folds
 from geojepa.synth import SynthConfig, write_synthetic_city
@@ -190,6 +193,27 @@ def test_checkpoints_of_one_architecture_share_one_random_init(
                         baselines=("random",), variants=("masked",))
     evaluate({"a": checkpoint, "b": checkpoint}, helsinki, tmp_path / "r", config, progress=False)
     assert set(_runs(tmp_path / "r")["method"]) == {"a", "b", "random init of a, b"}
+
+
+def test_random_init_baseline_is_the_checkpoints_own_initialisation(
+    helsinki: Path, tmp_path: Path
+) -> None:
+    # With a zero learning rate the checkpoint keeps the weights the run started from.
+    frozen = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=2, lr=0.0, min_lr=0.0,
+                         progress=False, seed=7)
+    ckpt = load_checkpoint(pretrain(helsinki, tmp_path / "run", frozen, TINY))
+    start = ckpt.model.state_dict()
+    own = random_init(ckpt).model.state_dict()
+    assert all(torch.equal(own[k], start[k]) for k in start)
+    other = random_init(ckpt, seed=0).model.state_dict()
+    assert not all(torch.equal(other[k], start[k]) for k in start)
+    # Checkpoints with other training seeds get their own twins.
+    trained = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=2, progress=False, seed=3)
+    second = pretrain(helsinki, tmp_path / "run3", trained, TINY)
+    config = EvalConfig(tasks=("building_count",), folds=3, group_zoom=16, probes=("linear",),
+                        baselines=("random",), variants=("masked",))
+    evaluate({"a": ckpt.path, "b": second}, helsinki, tmp_path / "r", config, progress=False)
+    assert set(_runs(tmp_path / "r")["method"]) == {"a", "b", "a random init", "b random init"}
 
 
 def test_dummy_only_evaluation_writes_no_health_table(helsinki: Path, tmp_path: Path) -> None:
