@@ -5,6 +5,15 @@ reports. Run by hand from the repository root (venv active):
 
     python benchmarks/bench_evaluate.py [--work /tmp/geojepa-eval] [--epochs-helsinki 20] [--epochs-city 12] [--size-km 2]
     python benchmarks/bench_evaluate.py --regions city_tags --out benchmarks/evaluate_city_tags.md
+    python benchmarks/bench_evaluate.py --regions city_tags --pretrain-seeds 4 \
+        --out benchmarks/evaluate_city_tags_seeds.md
+    python benchmarks/bench_evaluate.py --regions helsinki --pretrain-seeds 3 \
+        --out benchmarks/evaluate_helsinki_seeds.md
+
+``--pretrain-seeds N`` pretrains every model N times (training seeds 0..N-1) and evaluates the
+runs as replicates of one setting: their fold scores are averaged, and each is compared with its
+own random initialisation (training-seed noise is as large as the effects measured here); the
+reports then go to ``benchmarks/evaluate/<region>_seeds/``.
 
 Three regions:
 
@@ -50,23 +59,35 @@ def run(args: list[str], log: list[str]) -> float:
     return took
 
 
-def helsinki(work: Path, epochs: int, log: list[str]) -> Path:
+def pretrain(
+    ds: Path, out: Path, name: str, seeds: int, flags: list[str], log: list[str]
+) -> list[str]:
+    """Pretrain one setting with training seeds ``0..seeds-1``; return the ``--checkpoint`` flags
+    that evaluate the runs as replicates of ``name``."""
+    checkpoints = []
+    for seed in range(seeds):
+        run_dir = out if seeds == 1 else out.with_name(f"{out.name}_s{seed}")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run(["pretrain", str(ds), "-o", str(run_dir), *flags, *PRETRAIN, "--seed", str(seed)], log)
+        checkpoints += ["--checkpoint", f"{name}={run_dir / 'checkpoints' / 'last.ckpt'}"]
+    return checkpoints
+
+
+def helsinki(work: Path, epochs: int, seeds: int, log: list[str]) -> Path:
     """Prepare, label, pretrain and evaluate the Helsinki extract; return the report folder."""
     from geojepa.demo import bundled_osm
 
     ds, ckpt_dir, report = work / "hel17", work / "hel17_T", work / "report_helsinki"
     run(["prepare", str(bundled_osm()), "-o", str(ds), "--zoom", "17", "--overwrite"], log)
     run(["tasks", str(ds), "--overwrite"], log)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    run(["pretrain", str(ds), "-o", str(ckpt_dir), "--epochs", str(epochs), *PRETRAIN,
-         "--model-modalities", "T"], log)
-    run(["evaluate", "--checkpoint", f"GeoJEPA-T={ckpt_dir / 'checkpoints' / 'last.ckpt'}",
-         "--dataset", str(ds), "-o", str(report), "--group-zoom", "15", "--folds", "5",
-         "--overwrite"], log)
+    checkpoints = pretrain(ds, ckpt_dir, "GeoJEPA-T", seeds,
+                           ["--epochs", str(epochs), "--model-modalities", "T"], log)
+    run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--group-zoom", "15",
+         "--folds", "5", "--overwrite"], log)
     return report
 
 
-def city(work: Path, epochs: int, size_km: float, log: list[str]) -> Path:
+def city(work: Path, epochs: int, size_km: float, seeds: int, log: list[str]) -> Path:
     """The same for a synthetic city with imagery, comparing GT and GTI models."""
     src, ds, report = work / "city_src", work / "city17", work / "report_city"
     run(["synth", str(src), "--size-km", str(size_km), "--seed", "3", "-q"], log)
@@ -75,28 +96,25 @@ def city(work: Path, epochs: int, size_km: float, log: list[str]) -> Path:
     run(["tasks", str(ds), "--overwrite"], log)
     checkpoints = []
     for modalities in ("GT", "GTI"):
-        out = work / f"city17_{modalities}"
-        shutil.rmtree(out, ignore_errors=True)
-        run(["pretrain", str(ds), "-o", str(out), "--epochs", str(epochs), *PRETRAIN,
-             "--model-modalities", modalities, "--model-image-size", "112"], log)
-        checkpoints += ["--checkpoint", f"GeoJEPA-{modalities}={out / 'checkpoints' / 'last.ckpt'}"]
+        checkpoints += pretrain(ds, work / f"city17_{modalities}", f"GeoJEPA-{modalities}", seeds,
+                                ["--epochs", str(epochs), "--model-modalities", modalities,
+                                 "--model-image-size", "112"], log)
     run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--folds", "5",
          "--overwrite"], log)
     return report
 
 
-def city_tags(work: Path, epochs: int, size_km: float, log: list[str]) -> Path:
+def city_tags(work: Path, epochs: int, size_km: float, seeds: int, log: list[str]) -> Path:
     """A larger synthetic city without imagery: a tags-only model (T), linear probes."""
     src, ds, report = work / "city_t_src", work / "city_t17", work / "report_city_t"
     out = work / "city_t17_T"
     run(["synth", str(src), "--size-km", str(size_km), "--seed", "3", "-q"], log)
     run(["prepare", str(src / "synthetic_city.osm.pbf"), "-o", str(ds), "--zoom", "17", "--overwrite"], log)
     run(["tasks", str(ds), "--overwrite"], log)
-    shutil.rmtree(out, ignore_errors=True)
-    run(["pretrain", str(ds), "-o", str(out), "--epochs", str(epochs), *PRETRAIN, "--model-modalities", "T"],
-        log)
-    run(["evaluate", "--checkpoint", f"GeoJEPA-T={out / 'checkpoints' / 'last.ckpt'}", "--dataset", str(ds),
-         "-o", str(report), "--folds", "5", "--probes", "linear", "--overwrite"], log)
+    checkpoints = pretrain(ds, out, "GeoJEPA-T", seeds,
+                           ["--epochs", str(epochs), "--model-modalities", "T"], log)
+    run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--folds", "5",
+         "--probes", "linear", "--overwrite"], log)
     return report
 
 
@@ -109,6 +127,8 @@ def main() -> None:
     parser.add_argument("--size-km", type=float, default=2.0, help="side of the synthetic city")
     parser.add_argument("--epochs-city-tags", type=int, default=8)
     parser.add_argument("--size-km-tags", type=float, default=4.0, help="side of the tags-only city")
+    parser.add_argument("--pretrain-seeds", type=int, default=1,
+                        help="pretraining runs per model, evaluated as replicates")
     parser.add_argument("--regions", nargs="+", choices=("helsinki", "city", "city_tags"),
                         default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
@@ -118,18 +138,19 @@ def main() -> None:
     for region in args.regions:
         log: list[str] = []
         if region == "helsinki":
-            report = helsinki(args.work, args.epochs_helsinki, log)
+            report = helsinki(args.work, args.epochs_helsinki, args.pretrain_seeds, log)
         elif region == "city":
-            report = city(args.work, args.epochs_city, args.size_km, log)
+            report = city(args.work, args.epochs_city, args.size_km, args.pretrain_seeds, log)
         else:
-            report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags, log)
-        dest = HERE / "evaluate" / region
+            report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags,
+                               args.pretrain_seeds, log)
+        dest = HERE / "evaluate" / (region if args.pretrain_seeds == 1 else f"{region}_seeds")
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(report, dest)
         body = (dest / "results.md").read_text().replace("\n# ", "\n## ", 1)
         body = body.replace("\n## ", "\n### ").replace("# GeoJEPA", "## GeoJEPA", 1)
         sections.append("\n".join([
-            body.rstrip(), "", f"Plots and every run: `benchmarks/evaluate/{region}/`.", "",
+            body.rstrip(), "", f"Plots and every run: `benchmarks/evaluate/{dest.name}/`.", "",
             "| step | wall (s) |", "|---|---|", *log, "",
         ]))
     header = [
@@ -138,12 +159,13 @@ def main() -> None:
         (f"Command: `python benchmarks/bench_evaluate.py --regions {' '.join(args.regions)} "
          f"--epochs-helsinki {args.epochs_helsinki} --epochs-city {args.epochs_city} --size-km "
          f"{args.size_km:g} --epochs-city-tags {args.epochs_city_tags} --size-km-tags "
-         f"{args.size_km_tags:g}`  "),
+         f"{args.size_km_tags:g} --pretrain-seeds {args.pretrain_seeds}`  "),
         (f"Machine: {platform.processor() or platform.machine()}, "
          f"Python {platform.python_version()}, 2 CPU cores, no GPU  "),
         (f"Pretraining: `geojepa pretrain ... {' '.join(PRETRAIN)}`, {args.epochs_helsinki} epochs "
          f"on Helsinki, {args.epochs_city} on the synthetic city, {args.epochs_city_tags} on the "
-         "tags-only city"), "",
+         f"tags-only city; {args.pretrain_seeds} pretraining run(s) per model (training seeds "
+         f"0..{args.pretrain_seeds - 1}), evaluated as replicates"), "",
     ]
     args.out.write_text("\n".join(header) + "\n" + "\n".join(sections))
     print(f"wrote {args.out}")

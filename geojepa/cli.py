@@ -216,7 +216,9 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
 
     d = EvalConfig()
     p.add_argument("--checkpoint", action="append", default=[], type=_checkpoint_spec,
-                   metavar="[NAME=]CKPT", help="a pretrained checkpoint (repeat for several)")
+                   metavar="[NAME=]CKPT", help="a pretrained checkpoint (repeat for several; "
+                   "checkpoints given one NAME are replicates of one setting, e.g. pretraining "
+                   "seeds, and their fold scores are averaged)")
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("-o", "--out", type=Path, required=True, help="report folder")
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(d.tasks))
@@ -240,13 +242,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from geojepa.embed import Checkpoint, load_checkpoint
     from geojepa.evaluate import EvalConfig, default_name, evaluate
 
-    named: dict[str, Checkpoint] = {}
+    named: dict[str, list[Checkpoint]] = {}
     for name, path in args.checkpoint:
         checkpoint = load_checkpoint(path)
-        name = name or default_name(checkpoint)
-        if name in named:
-            raise GeoJepaError(f"two checkpoints named {name!r}; name them NAME=CKPT", path)
-        named[name] = checkpoint
+        if not name and default_name(checkpoint) in named:
+            raise GeoJepaError(f"two checkpoints named {default_name(checkpoint)!r}; name them "
+                               "NAME=CKPT (one NAME for replicates of one setting)", path)
+        named.setdefault(name or default_name(checkpoint), []).append(checkpoint)
     config = EvalConfig(tasks=tuple(args.tasks), variants=tuple(args.variants), protocol=args.protocol,
                         folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,

@@ -3,9 +3,11 @@
 For every task, input variant (masked: the label-bearing tags and entities removed; unmasked) and
 method, probes are fitted on the same spatial folds:
 
-* methods: each GeoJEPA checkpoint, and the baselines - Dummy (train median), TagPool, TagCount,
-  each checkpoint's own random initialisation (its weights before pretraining), and, for a
-  checkpoint that uses images, the same model fed the image patches alone;
+* methods: each GeoJEPA checkpoint (or several replicates of one setting: independent
+  pretraining runs, e.g. other seeds, whose fold scores are averaged), and the baselines - Dummy
+  (train median), TagPool, TagCount, each checkpoint's own random initialisation (its weights
+  before pretraining), and, for a checkpoint that uses images, the same model fed the image
+  patches alone;
 * protocol ``cv``: k folds over spatial groups (zoom-14 tiles by default); fold ``i`` tests on
   group fold ``i``, selects hyper-parameters and stops early on fold ``i + 1``, trains on the rest;
   protocol ``split``: the dataset's stored train/val/test split, one fold (for large datasets);
@@ -122,6 +124,7 @@ class Method:
     name: str
     role: Literal["model", "baseline"]
     features: Callable[[Path], NDArray[np.float32]] | None  # None: Dummy (no features)
+    replicate: int = 0  # which pretraining run of the method (fold scores average them)
 
 
 def default_name(checkpoint: Checkpoint) -> str:
@@ -129,8 +132,12 @@ def default_name(checkpoint: Checkpoint) -> str:
     return f"GeoJEPA-{checkpoint.config.modalities}"
 
 
+CheckpointLike = str | Path | Checkpoint
+"""A checkpoint file or a loaded checkpoint."""
+
+
 def evaluate(
-    checkpoints: dict[str, str | Path | Checkpoint],
+    checkpoints: dict[str, CheckpointLike | Sequence[CheckpointLike]],
     dataset: str | Path,
     out: str | Path,
     config: EvalConfig | None = None,
@@ -140,8 +147,9 @@ def evaluate(
     """Evaluate checkpoints and baselines on a dataset's downstream tasks; write the report.
 
     Args:
-        checkpoints: Display name -> checkpoint file or loaded :class:`Checkpoint` (may be
-            empty: baselines only).
+        checkpoints: Display name -> checkpoint file or loaded :class:`Checkpoint`, or a list
+            of them: replicates of one setting (independent pretraining runs, e.g. other seeds;
+            same model settings), whose fold scores are averaged. May be empty: baselines only.
         dataset: The dataset; its tasks are built first when ``geojepa tasks`` was not run.
         out: Report folder (``runs.csv``, ``results.md``, ``settings.json``, plots).
         config: Settings.
@@ -163,15 +171,15 @@ def evaluate(
     if not (tasks_folder(dataset) / LABELS_NAME).is_file():
         build_tasks(dataset, progress=progress)
     labels = load_labels(dataset).to_pandas()
-    loaded = {name: c if isinstance(c, Checkpoint) else load_checkpoint(c)
-              for name, c in checkpoints.items()}
+    loaded = {name: _load_replicates(name, c) for name, c in checkpoints.items()}
     protocol, folds = _folds(ds, labels, config)
     methods = _methods(loaded, ds, config)
     tasks = select_tasks(config.tasks)
     runs, health = _run_all(methods, tasks, labels, folds, dataset, config, progress)
     notes = _notes(loaded, ds, labels, folds, protocol, config)
     settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
-                "checkpoints": {k: c.path and str(c.path.resolve()) for k, c in loaded.items()}}
+                "checkpoints": {k: [c.path and str(c.path.resolve()) for c in cs]
+                                for k, cs in loaded.items()}}
     title = f"GeoJEPA downstream evaluation: {dataset.name} (zoom {ds.manifest.zoom}, {len(labels)} tiles)"
     with atomic_folder(out, overwrite) as tmp:
         write_report(pd.DataFrame(runs), tmp, title, notes, settings,
@@ -200,22 +208,36 @@ def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[s
         raise GeoJepaError(f"{err} (zoom-{gz} groups)", ds.folder) from err
 
 
-def _methods(loaded: dict[str, Checkpoint], ds: TileDataset, config: EvalConfig) -> list[Method]:
+def _load_replicates(name: str, given: CheckpointLike | Sequence[CheckpointLike]) -> list[Checkpoint]:
+    """Load one method's checkpoints; replicates must share the model settings."""
+    items = [given] if isinstance(given, (str, Path, Checkpoint)) else list(given)
+    if not items:
+        raise GeoJepaError(f"no checkpoint given for {name!r}")
+    loaded = [c if isinstance(c, Checkpoint) else load_checkpoint(c) for c in items]
+    for other in loaded[1:]:
+        if other.config.to_dict() != loaded[0].config.to_dict():
+            raise GeoJepaError(f"the replicates of {name!r} have different model settings; give "
+                               "them different names", other.path)
+    return loaded
+
+
+def _methods(loaded: dict[str, list[Checkpoint]], ds: TileDataset, config: EvalConfig) -> list[Method]:
     vocab = ds.vocabulary().column("tag").to_pylist()
-    methods = [
-        Method(name, "model", lambda d, c=ckpt: model_features(c, d, batch_size=config.batch_size))
-        for name, ckpt in loaded.items()
-    ]
+
+    def features(ckpt: Checkpoint, image_only: bool = False) -> Callable[[Path], NDArray[np.float32]]:
+        return lambda d: model_features(ckpt, d, image_only, config.batch_size)
+
+    methods = [Method(name, "model", features(c), r)
+               for name, cs in loaded.items() for r, c in enumerate(cs)]
     if "random" in config.baselines:
-        for names, ckpt in _same_initialisation(loaded):
-            untrained = random_init(ckpt)
+        for names, inits in _same_initialisations(loaded):
             label = f"{names[0]} random init" if len(names) == 1 else f"random init of {', '.join(names)}"
-            methods.append(Method(label, "baseline",
-                                  lambda d, c=untrained: model_features(c, d, batch_size=config.batch_size)))
-    for name, ckpt in loaded.items():
-        if "image" in config.baselines and ckpt.config.uses_images:
-            methods.append(Method(f"{name} image only", "baseline",
-                                  lambda d, c=ckpt: model_features(c, d, True, config.batch_size)))
+            methods.extend(Method(label, "baseline", features(random_init(c)), r)
+                           for r, c in enumerate(inits))
+    for name, cs in loaded.items():
+        if "image" in config.baselines and cs[0].config.uses_images:
+            methods.extend(Method(f"{name} image only", "baseline", features(c, True), r)
+                           for r, c in enumerate(cs))
     if "tagpool" in config.baselines:
         methods.append(Method("TagPool", "baseline", lambda d: tag_pool_features(d, vocab, ds.folder)))
     if "tagcount" in config.baselines:
@@ -226,15 +248,23 @@ def _methods(loaded: dict[str, Checkpoint], ds: TileDataset, config: EvalConfig)
     return methods
 
 
-def _same_initialisation(loaded: dict[str, Checkpoint]) -> list[tuple[list[str], Checkpoint]]:
-    """Checkpoints grouped by settings, vocabulary and training seed, i.e. by initial weights:
-    each group has one untrained twin."""
-    groups: dict[str, tuple[list[str], Checkpoint]] = {}
-    for name, ckpt in loaded.items():
-        seed = ckpt.train.get("seed", 0)
-        key = json.dumps([ckpt.config.to_dict(), ckpt.vocabulary, seed], sort_keys=True, default=str)
-        groups.setdefault(key, ([], ckpt))[0].append(name)
+def _same_initialisations(loaded: dict[str, list[Checkpoint]]) -> list[tuple[list[str], list[Checkpoint]]]:
+    """Methods grouped by the initial weights of their replicates (settings, vocabulary and
+    training seed of each): each group gets one untrained twin per distinct initialisation, in
+    the order of the first method's replicates."""
+    groups: dict[str, tuple[list[str], list[Checkpoint]]] = {}
+    for name, cs in loaded.items():
+        inits = {_initial_weights(c): c for c in reversed(cs)}  # the first of equal ones wins
+        key = json.dumps(sorted(inits))
+        twins = [inits[k] for k in dict.fromkeys(map(_initial_weights, cs))]  # replicate order
+        groups.setdefault(key, ([], twins))[0].append(name)
     return list(groups.values())
+
+
+def _initial_weights(ckpt: Checkpoint) -> str:
+    """What fixes a checkpoint's initial weights: its settings, vocabulary and training seed."""
+    return json.dumps([ckpt.config.to_dict(), ckpt.vocabulary, ckpt.train.get("seed", 0)],
+                      sort_keys=True, default=str)
 
 
 def _run_all(
@@ -247,7 +277,7 @@ def _run_all(
         One row per probe run, and the embedding health of every method's features on every
         input dataset.
     """
-    cache: dict[tuple[str, Path], NDArray[np.float32]] = {}
+    cache: dict[tuple[str, int, Path], NDArray[np.float32]] = {}
     health: list[dict[str, Any]] = []
     fits_per_fold = sum(1 if m.features is None else _probe_runs(config) for m in methods)
     total = len(tasks) * len(config.variants) * len(folds) * fits_per_fold
@@ -265,17 +295,18 @@ def _run_all(
                     bar.update(job, description=f"{task.name} {variant} {method.name}")
                     x = None
                     if method.features is not None:
-                        key = (method.name, source)
+                        key = (method.name, method.replicate, source)
                         if key not in cache:
                             cache[key] = _checked(method.features(source), len(y), source)
-                            health.append({"method": method.name, "input": input_name,
-                                           **embedding_health(cache[key])})
+                            health.append({"method": method.name, "replicate": method.replicate,
+                                           "input": input_name, **embedding_health(cache[key])})
                         x = cache[key]
                     with _one_thread():
                         rows = _fit_method(method, x, y, task, folds, config)
                     for row in rows:
                         runs.append({"task": task.name, "kind": task.kind, "variant": variant,
-                                     "method": method.name, "role": method.role, **row})
+                                     "method": method.name, "role": method.role,
+                                     "replicate": method.replicate, **row})
                         bar.advance(job)
     return runs, health
 
@@ -327,7 +358,7 @@ def _fit_method(
 
 
 def _notes(
-    loaded: dict[str, Checkpoint], ds: TileDataset, labels: pd.DataFrame, folds: list[Fold],
+    loaded: dict[str, list[Checkpoint]], ds: TileDataset, labels: pd.DataFrame, folds: list[Fold],
     protocol: str, config: EvalConfig,
 ) -> list[str]:
     if protocol == "cv":
@@ -347,16 +378,29 @@ def _notes(
                      "predictions are clamped to the training label range.")
     test_rows = np.concatenate([f.test for f in folds])
     splits = labels["split"].to_numpy()[test_rows].tolist()
-    for name, ckpt in loaded.items():
-        notes.append(f"{name}: {_seen_note(seen_by(ckpt.pretrain_data, ds.manifest, splits))}")
+    for name, cs in loaded.items():
+        seen = [seen_by(c.pretrain_data, ds.manifest, splits) for c in cs]
+        note = _seen_note(max(seen, key=_seen_share))  # the replicate that saw the most
+        if len(cs) > 1:
+            seeds = ", ".join(str(c.train.get("seed", "?")) for c in cs)
+            note += (f" {len(cs)} pretraining replicates (training seeds {seeds}); its cells and "
+                     "its random-init twins average them per fold.")
+        notes.append(f"{name}: {note}")
     return notes
 
 
-def _seen_note(seen: Sequence[bool | None]) -> str:
+def _seen_share(seen: Sequence[bool | None]) -> float:
+    """Share of the test tiles pretraining saw; 2 when unknown (worse than all of them)."""
     if any(s is None for s in seen):
+        return 2.0
+    return sum(bool(s) for s in seen) / max(1, len(seen))
+
+
+def _seen_note(seen: Sequence[bool | None]) -> str:
+    share = _seen_share(seen)
+    if share > 1.0:
         return ("cannot tell which test tiles pretraining saw (no record, or other tiles of the "
                 "same OSM data): treat as transductive.")
-    share = sum(bool(s) for s in seen) / max(1, len(seen))
     if share == 0:
         return "pretraining saw none of the evaluated test tiles (inductive)."
     return (f"pretraining saw the inputs of {share:.0%} of the evaluated test tiles, never their "

@@ -3,7 +3,7 @@
 The evaluation gives one row per probe run (task, variant, method, probe, fold, seed, test
 metric, ...). This module reduces the runs in two steps:
 
-* :func:`fold_scores`: one score per fold, the mean over seeds.
+* :func:`fold_scores`: one score per fold, the mean over probe seeds and pretraining replicates.
 * :func:`summarise`: mean and standard deviation of the fold scores over folds.
 
 :func:`paired_wins` counts the folds on which a model beats a baseline, :func:`markdown_report`
@@ -63,7 +63,8 @@ def _check(runs: pd.DataFrame) -> None:
 
 
 def fold_scores(runs: pd.DataFrame) -> pd.DataFrame:
-    """One score per fold: the mean test metric over the seeds of a probe.
+    """One score per fold: the mean test metric over the seeds of a probe (and over the
+    replicates of a method: independent pretraining runs, column ``replicate``).
 
     Args:
         runs: One row per probe run (see :data:`REQUIRED_COLUMNS`).
@@ -285,7 +286,8 @@ def markdown_report(
         "",
         (
             f"Test MAE (lower is better); binary tasks{named}: error rate. Cells: mean ± std over"
-            " folds of the fold score (mean over seeds); **bold**: best in the column."
+            " folds of the fold score (mean over probe seeds and pretraining replicates);"
+            " **bold**: best in the column."
         ),
     ]
     for variant in VARIANTS:
@@ -318,13 +320,17 @@ def health_table(health: pd.DataFrame) -> list[str]:
     Args:
         health: One row per method and input, with columns ``method``, ``input``, ``dims``,
             ``effective_rank`` and ``mean_cosine`` (:func:`geojepa.features.embedding_health`);
-            the ``unmasked`` input is shown where present, else each method's first input.
+            the ``unmasked`` input is shown where present, else each method's first input; rows
+            of several replicates of a method (column ``replicate``) are averaged.
 
     Returns:
         The section's lines.
     """
     order = list(dict.fromkeys(health["method"]))
-    preferred = health.assign(_later=health["input"] != "unmasked").sort_values("_later", kind="stable")
+    numbers = ["dims", "effective_rank", "mean_cosine"]
+    means = health.groupby(["method", "input"], sort=False)[numbers].mean().reset_index()
+    later = means["input"] != "unmasked"
+    preferred = means.assign(_later=later).sort_values("_later", kind="stable")
     rows = preferred.drop_duplicates("method").set_index("method").loc[order]
     lines = [
         "## Embedding health",

@@ -195,25 +195,80 @@ def test_checkpoints_of_one_architecture_share_one_random_init(
     assert set(_runs(tmp_path / "r")["method"]) == {"a", "b", "random init of a, b"}
 
 
+@pytest.fixture(scope="module")
+def seeded(helsinki: Path) -> tuple[Path, Path]:
+    """Two runs of one setting: seed 7 with a zero learning rate (so it keeps the weights it
+    started from) and seed 3, trained."""
+    runs = []
+    for seed, lr in ((7, 0.0), (3, 1e-3)):
+        train = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=2, lr=lr,
+                            min_lr=min(lr, 1e-6), progress=False, seed=seed)
+        runs.append(pretrain(helsinki, helsinki.parent / f"seed{seed}", train, TINY))
+    return runs[0], runs[1]
+
+
+ONE_TASK = EvalConfig(tasks=("building_count",), folds=3, group_zoom=16, probes=("linear",),
+                      baselines=("random",), variants=("masked",))
+
+
 def test_random_init_baseline_is_the_checkpoints_own_initialisation(
-    helsinki: Path, tmp_path: Path
+    helsinki: Path, seeded: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    # With a zero learning rate the checkpoint keeps the weights the run started from.
-    frozen = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=2, lr=0.0, min_lr=0.0,
-                         progress=False, seed=7)
-    ckpt = load_checkpoint(pretrain(helsinki, tmp_path / "run", frozen, TINY))
+    ckpt = load_checkpoint(seeded[0])
     start = ckpt.model.state_dict()
     own = random_init(ckpt).model.state_dict()
     assert all(torch.equal(own[k], start[k]) for k in start)
     other = random_init(ckpt, seed=0).model.state_dict()
     assert not all(torch.equal(other[k], start[k]) for k in start)
     # Checkpoints with other training seeds get their own twins.
-    trained = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=2, progress=False, seed=3)
-    second = pretrain(helsinki, tmp_path / "run3", trained, TINY)
-    config = EvalConfig(tasks=("building_count",), folds=3, group_zoom=16, probes=("linear",),
-                        baselines=("random",), variants=("masked",))
-    evaluate({"a": ckpt.path, "b": second}, helsinki, tmp_path / "r", config, progress=False)
+    evaluate({"a": seeded[0], "b": seeded[1]}, helsinki, tmp_path / "r", ONE_TASK, progress=False)
     assert set(_runs(tmp_path / "r")["method"]) == {"a", "b", "a random init", "b random init"}
+
+
+def test_replicates_of_one_setting_are_averaged_per_fold(
+    helsinki: Path, seeded: tuple[Path, Path], tmp_path: Path
+) -> None:
+    evaluate({"T": list(seeded)}, helsinki, tmp_path / "r", ONE_TASK, progress=False)
+    runs = _runs(tmp_path / "r")
+    for method in ("T", "T random init"):
+        assert sorted(set(runs.loc[runs["method"] == method, "replicate"])) == [0, 1]
+    # Replicate 0 of the twin is seed 7's initialisation, i.e. seed 7's checkpoint itself.
+    alone = tmp_path / "alone"
+    evaluate({"T": seeded[0]}, helsinki, alone, ONE_TASK, progress=False)
+    single = _runs(alone).set_index(["method", "fold"])["metric"]
+    rep0 = runs[runs["replicate"] == 0].set_index(["method", "fold"])["metric"]
+    assert rep0.loc["T random init"].to_numpy() == pytest.approx(single.loc["T"].to_numpy())
+    # The table's cell is the mean over folds of the replicates' mean.
+    model = runs[runs["method"] == "T"].groupby("fold")["metric"].mean().mean()
+    text = (tmp_path / "r" / "results.md").read_text()
+    assert f"| T (linear) | {model:.3g}" in text.replace("**", "")
+    assert "2 pretraining replicates (training seeds 7, 3)" in text
+    health = pd.read_csv(tmp_path / "r" / "health.csv")
+    assert len(health[health["method"] == "T"]) == 2
+
+
+def test_replicates_must_share_their_settings(
+    helsinki: Path, seeded: tuple[Path, Path], checkpoint: Path, tmp_path: Path
+) -> None:
+    wider = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=1, progress=False)
+    other = pretrain(helsinki, tmp_path / "wide", wider, {**TINY, "d": 32})
+    with pytest.raises(GeoJepaError, match="different model settings"):
+        evaluate({"T": [seeded[0], other]}, helsinki, tmp_path / "r", ONE_TASK, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_names_replicates_and_rejects_unnamed_twins(
+    helsinki: Path, seeded: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "--folds", "3",
+            "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy", "--variants", "masked"]
+    assert main([*base, "-o", str(tmp_path / "a"), "--checkpoint", f"T={seeded[0]}",
+                 "--checkpoint", f"T={seeded[1]}"]) == 0
+    assert set(_runs(tmp_path / "a").query("method == 'T'")["replicate"]) == {0, 1}
+    capsys.readouterr()
+    assert main([*base, "-o", str(tmp_path / "b"), "--checkpoint", str(seeded[0]),
+                 "--checkpoint", str(seeded[1])]) == 2
+    assert "two checkpoints named 'GeoJEPA-T'" in capsys.readouterr().err
 
 
 def test_dummy_only_evaluation_writes_no_health_table(helsinki: Path, tmp_path: Path) -> None:
