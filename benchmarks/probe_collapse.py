@@ -10,7 +10,7 @@ of them is part of geojepa. Run by hand from the repository root, one process pe
     python benchmarks/probe_collapse.py DATASET OUT [--epochs 20] [--gz 15] [--seed 0]
         [--ema-keep 0.01] [--ln-vicreg] [--model '{"vicreg_weight": 1.0, "dropout": 0.0}']
         [--token-vicreg 1.0] [--default-init] [--fourier 8] [--standardise-targets]
-        [--targets tokens] [--prior-norm] [--freeze-content] [--balanced]
+        [--targets tokens] [--prior-norm] [--freeze-content] [--balanced] [--box-features 4]
         [--train '{"weight_decay_start": 0.0, "weight_decay_end": 0.0}']
 """
 
@@ -52,6 +52,26 @@ class Fourier(nn.Module):
     def forward(self, boxes: torch.Tensor) -> torch.Tensor:
         z = (boxes[..., None] * self.freq).flatten(-2)
         return torch.cat([z.sin(), z.cos()], dim=-1)
+
+
+class BoxFeatures(nn.Module):
+    """Centred box descriptors (6 + 4k numbers): centroid - 0.5, log side lengths, doubled-angle
+    orientation, and sin/cos of the centroid at ``k`` octaves."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.register_buffer("freq", (2.0 ** torch.arange(k)) * math.pi)
+
+    def forward(self, boxes: torch.Tensor) -> torch.Tensor:
+        corners = boxes.unflatten(-1, (4, 2))
+        centre = corners.mean(-2)
+        side_a = corners[..., 1, :] - corners[..., 0, :]
+        side_b = corners[..., 2, :] - corners[..., 1, :]
+        sizes = torch.stack([side_a.norm(dim=-1), side_b.norm(dim=-1)], -1)
+        angle = 2.0 * torch.atan2(side_a[..., 1], side_a[..., 0])
+        z = (centre[..., None] * self.freq).flatten(-2)
+        return torch.cat([centre - 0.5, torch.log(sizes + 1e-3) / 4.0, angle.sin()[..., None],
+                          angle.cos()[..., None], z.sin(), z.cos()], dim=-1)
 
 
 def prior_norm() -> None:
@@ -99,6 +119,17 @@ def patch(args: argparse.Namespace) -> None:
         )
     if args.default_init:  # PyTorch's default init for the tokeniser MLPs instead of std 0.02
         tokenizer.init_weights = lambda module: None
+    if args.box_features:
+        base_box_mlp = tokenizer.mlp
+
+        def box_mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
+            if dim_in != 8:
+                return base_box_mlp(dim_in, hidden, dim_out)
+            return nn.Sequential(BoxFeatures(args.box_features),
+                                 nn.Linear(6 + 4 * args.box_features, hidden), nn.GELU(),
+                                 nn.Linear(hidden, dim_out))
+
+        tokenizer.mlp = box_mlp
     if args.fourier:
         base_mlp = tokenizer.mlp
 
@@ -190,6 +221,7 @@ def main() -> None:
     ap.add_argument("--prior-norm", action="store_true")
     ap.add_argument("--freeze-content", action="store_true")
     ap.add_argument("--balanced", action="store_true")
+    ap.add_argument("--box-features", type=int, default=0, help="octaves of centred box features")
     ap.add_argument("--targets", choices=("encoder", "tokens"), default="encoder")
     ap.add_argument("--model", default="{}", help="GeoJEPAConfig overrides as JSON")
     ap.add_argument("--train", default="{}", help="TrainConfig overrides as JSON")
