@@ -251,6 +251,33 @@ def _wins_table(
     return _table(["model", *tasks], body)
 
 
+def _replicates_table(runs: pd.DataFrame, variant: str, tasks: Sequence[str]) -> list[str]:
+    """Lines of the per-replicate table of one variant, or none when no method has replicates.
+
+    One row per replicate of every method with several (column ``replicate``: independent
+    pretraining runs, and the random initialisations paired with them), in replicate order;
+    cells are the mean test metric over folds and seeds.
+    """
+    if "replicate" not in runs.columns:
+        return []
+    runs = runs[runs["variant"] == variant]
+    counts = runs.groupby("method", sort=False)["replicate"].nunique()
+    several = runs[runs["method"].isin(counts[counts > 1].index)]
+    if several.empty:
+        return []
+    means = several.groupby(["method", "probe", "replicate", "task"], sort=False)["metric"].mean()
+    order = {method: i for i, method in enumerate(counts.index)}
+    rows = sorted({key[:3] for key in means.index}, key=lambda r: (order[r[0]], r[1], r[2]))
+    body = []
+    for method, probe, replicate in rows:
+        cells = []
+        for task in tasks:
+            value = means.get((method, probe, replicate, task))
+            cells.append("—" if value is None else f"{value:.{_decimals(value)}f}")
+        body.append([_label(method, probe), str(replicate), *cells])
+    return _table(["model", "replicate", *tasks], body)
+
+
 def markdown_report(
     runs: pd.DataFrame, title: str, notes: Sequence[str], health: pd.DataFrame | None = None
 ) -> str:
@@ -309,6 +336,20 @@ def markdown_report(
             "",
         ]
         lines += _wins_table(in_variant, scores, variant, tasks)
+        replicates = _replicates_table(runs, variant, tasks)
+        if replicates:
+            lines += [
+                "",
+                "### Replicates",
+                "",
+                (
+                    "Mean over folds of each pretraining replicate (`replicate` in `runs.csv`,"
+                    " in the order given) and of the random initialisation it started from: the"
+                    " spread between replicates is training-seed noise."
+                ),
+                "",
+                *replicates,
+            ]
     if health is not None and not health.empty:
         lines += ["", *health_table(health)]
     return "\n".join(lines) + "\n"

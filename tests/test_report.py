@@ -255,3 +255,27 @@ def test_health_section_prefers_the_unmasked_input_and_is_written(tmp_path: Path
     paths = write_report(make_runs(), tmp_path / "r", "t", NOTES, {}, health)
     pd.testing.assert_frame_equal(pd.read_csv(paths["health"]), health)
     assert paths["results"].read_text(encoding="utf-8") == text
+
+
+def test_replicates_are_averaged_and_listed_one_row_each() -> None:
+    plan = {
+        ("building_count", "masked", "GeoJEPA-T", "model", "linear"): [[20.0], [30.0], [40.0]],
+        ("building_count", "masked", "GeoJEPA-T random init", "baseline", "linear"): [[25.0]] * 3,
+        ("building_count", "masked", "Dummy", "baseline", "dummy"): [[50.0]] * 3,
+    }
+    first = make_runs(plan).assign(replicate=0)
+    second = make_runs(plan).assign(replicate=1).query("method != 'Dummy'")  # one Dummy
+    second.loc[second["method"] == "GeoJEPA-T", "metric"] += 6.0  # replicate 1: 26, 36, 46
+    runs = pd.concat([first, second], ignore_index=True)
+    scores = fold_scores(runs)
+    model = scores[scores["method"] == "GeoJEPA-T"].set_index("fold")["metric"]
+    assert model.tolist() == [23.0, 33.0, 43.0]  # each fold averages the replicates
+    # 23 < 25 on fold 0 only.
+    assert paired_wins(runs, "GeoJEPA-T", "GeoJEPA-T random init", "building_count", "masked",
+                       "linear") == (1, 3)
+    text = markdown_report(runs, "t", NOTES)
+    section = text.split("### Replicates")[1]
+    assert ("| GeoJEPA-T (linear) | 0 | 30.0 |\n| GeoJEPA-T (linear) | 1 | 36.0 |\n"
+            "| GeoJEPA-T random init (linear) | 0 | 25.0 |") in section
+    assert "Dummy" not in section
+    assert "### Replicates" not in markdown_report(first, "t", NOTES)
