@@ -9,6 +9,8 @@ reports. Run by hand from the repository root (venv active):
         --out benchmarks/evaluate_city_tags_seeds.md
     python benchmarks/bench_evaluate.py --regions helsinki --pretrain-seeds 3 \
         --out benchmarks/evaluate_helsinki_seeds.md
+    python benchmarks/bench_evaluate.py --regions city --pretrain-seeds 3 \
+        --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_seeds.md
 
 ``--pretrain-seeds N`` pretrains every model N times (training seeds 0..N-1) and evaluates the
 runs as replicates of one setting: their fold scores are averaged, and each is compared with its
@@ -73,7 +75,7 @@ def pretrain(
     return checkpoints
 
 
-def helsinki(work: Path, epochs: int, seeds: int, log: list[str]) -> Path:
+def helsinki(work: Path, epochs: int, seeds: int, extra: list[str], log: list[str]) -> Path:
     """Prepare, label, pretrain and evaluate the Helsinki extract; return the report folder."""
     from geojepa.demo import bundled_osm
 
@@ -83,11 +85,13 @@ def helsinki(work: Path, epochs: int, seeds: int, log: list[str]) -> Path:
     checkpoints = pretrain(ds, ckpt_dir, "GeoJEPA-T", seeds,
                            ["--epochs", str(epochs), "--model-modalities", "T"], log)
     run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--group-zoom", "15",
-         "--folds", "5", "--overwrite"], log)
+         "--folds", "5", "--overwrite", *extra], log)
     return report
 
 
-def city(work: Path, epochs: int, size_km: float, seeds: int, log: list[str]) -> Path:
+def city(
+    work: Path, epochs: int, size_km: float, seeds: int, extra: list[str], log: list[str]
+) -> Path:
     """The same for a synthetic city with imagery, comparing GT and GTI models."""
     src, ds, report = work / "city_src", work / "city17", work / "report_city"
     run(["synth", str(src), "--size-km", str(size_km), "--seed", "3", "-q"], log)
@@ -100,11 +104,13 @@ def city(work: Path, epochs: int, size_km: float, seeds: int, log: list[str]) ->
                                 ["--epochs", str(epochs), "--model-modalities", modalities,
                                  "--model-image-size", "112"], log)
     run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--folds", "5",
-         "--overwrite"], log)
+         "--overwrite", *extra], log)
     return report
 
 
-def city_tags(work: Path, epochs: int, size_km: float, seeds: int, log: list[str]) -> Path:
+def city_tags(
+    work: Path, epochs: int, size_km: float, seeds: int, extra: list[str], log: list[str]
+) -> Path:
     """A larger synthetic city without imagery: a tags-only model (T), linear probes."""
     src, ds, report = work / "city_t_src", work / "city_t17", work / "report_city_t"
     out = work / "city_t17_T"
@@ -114,7 +120,7 @@ def city_tags(work: Path, epochs: int, size_km: float, seeds: int, log: list[str
     checkpoints = pretrain(ds, out, "GeoJEPA-T", seeds,
                            ["--epochs", str(epochs), "--model-modalities", "T"], log)
     run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--folds", "5",
-         "--probes", "linear", "--overwrite"], log)
+         "--probes", "linear", "--overwrite", *extra], log)
     return report
 
 
@@ -129,21 +135,23 @@ def main() -> None:
     parser.add_argument("--size-km-tags", type=float, default=4.0, help="side of the tags-only city")
     parser.add_argument("--pretrain-seeds", type=int, default=1,
                         help="pretraining runs per model, evaluated as replicates")
+    parser.add_argument("--tasks", nargs="+", default=None, help="evaluate only these tasks")
     parser.add_argument("--regions", nargs="+", choices=("helsinki", "city", "city_tags"),
                         default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    extra = [] if args.tasks is None else ["--tasks", *args.tasks]
     sections = []
     for region in args.regions:
         log: list[str] = []
         if region == "helsinki":
-            report = helsinki(args.work, args.epochs_helsinki, args.pretrain_seeds, log)
+            report = helsinki(args.work, args.epochs_helsinki, args.pretrain_seeds, extra, log)
         elif region == "city":
-            report = city(args.work, args.epochs_city, args.size_km, args.pretrain_seeds, log)
+            report = city(args.work, args.epochs_city, args.size_km, args.pretrain_seeds, extra, log)
         else:
             report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags,
-                               args.pretrain_seeds, log)
+                               args.pretrain_seeds, extra, log)
         dest = HERE / "evaluate" / (region if args.pretrain_seeds == 1 else f"{region}_seeds")
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(report, dest)
@@ -159,7 +167,7 @@ def main() -> None:
         (f"Command: `python benchmarks/bench_evaluate.py --regions {' '.join(args.regions)} "
          f"--epochs-helsinki {args.epochs_helsinki} --epochs-city {args.epochs_city} --size-km "
          f"{args.size_km:g} --epochs-city-tags {args.epochs_city_tags} --size-km-tags "
-         f"{args.size_km_tags:g} --pretrain-seeds {args.pretrain_seeds}`  "),
+         f"{args.size_km_tags:g} --pretrain-seeds {args.pretrain_seeds} {' '.join(extra)}`  "),
         (f"Machine: {platform.processor() or platform.machine()}, "
          f"Python {platform.python_version()}, 2 CPU cores, no GPU  "),
         (f"Pretraining: `geojepa pretrain ... {' '.join(PRETRAIN)}`, {args.epochs_helsinki} epochs "
