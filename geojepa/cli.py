@@ -245,10 +245,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     named: dict[str, list[Checkpoint]] = {}
     for name, path in args.checkpoint:
         checkpoint = load_checkpoint(path)
-        if not name and default_name(checkpoint) in named:
-            raise GeoJepaError(f"two checkpoints named {default_name(checkpoint)!r}; name them "
-                               "NAME=CKPT (one NAME for replicates of one setting)", path)
-        named.setdefault(name or default_name(checkpoint), []).append(checkpoint)
+        default = default_name(checkpoint)
+        if not name and default in named:
+            raise GeoJepaError(f"two checkpoints named {default!r}; name them NAME=CKPT (one "
+                               "NAME for replicates of one setting)", path)
+        named.setdefault(name or default, []).append(checkpoint)
     config = EvalConfig(tasks=tuple(args.tasks), variants=tuple(args.variants), protocol=args.protocol,
                         folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,

@@ -43,6 +43,7 @@ from geojepa.features import (
     random_init,
     tag_count_features,
     tag_pool_features,
+    training_seed,
 )
 from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, grouped_folds
 from geojepa.report import VARIANTS, write_report
@@ -254,16 +255,16 @@ def _same_initialisations(loaded: dict[str, list[Checkpoint]]) -> list[tuple[lis
     the order of the first method's replicates."""
     groups: dict[str, tuple[list[str], list[Checkpoint]]] = {}
     for name, cs in loaded.items():
-        inits = {_initial_weights(c): c for c in reversed(cs)}  # the first of equal ones wins
-        key = json.dumps(sorted(inits))
-        twins = [inits[k] for k in dict.fromkeys(map(_initial_weights, cs))]  # replicate order
-        groups.setdefault(key, ([], twins))[0].append(name)
+        inits: dict[str, Checkpoint] = {}  # first checkpoint of each initialisation, in order
+        for c in cs:
+            inits.setdefault(_initial_weights(c), c)
+        groups.setdefault(json.dumps(sorted(inits)), ([], list(inits.values())))[0].append(name)
     return list(groups.values())
 
 
 def _initial_weights(ckpt: Checkpoint) -> str:
     """What fixes a checkpoint's initial weights: its settings, vocabulary and training seed."""
-    return json.dumps([ckpt.config.to_dict(), ckpt.vocabulary, ckpt.train.get("seed", 0)],
+    return json.dumps([ckpt.config.to_dict(), ckpt.vocabulary, training_seed(ckpt)],
                       sort_keys=True, default=str)
 
 
@@ -382,7 +383,7 @@ def _notes(
         seen = [seen_by(c.pretrain_data, ds.manifest, splits) for c in cs]
         note = _seen_note(max(seen, key=_seen_share))  # the replicate that saw the most
         if len(cs) > 1:
-            seeds = ", ".join(str(c.train.get("seed", "?")) for c in cs)
+            seeds = ", ".join(str(training_seed(c)) for c in cs)
             note += (f" {len(cs)} pretraining replicates (training seeds {seeds}); its cells and "
                      "its random-init twins average them per fold.")
         notes.append(f"{name}: {note}")

@@ -126,6 +126,11 @@ def embedding_health(x: NDArray[np.floating]) -> dict[str, float]:
     return {"dims": float(dims), "effective_rank": rank, "mean_cosine": float(cosine)}
 
 
+def training_seed(checkpoint: Checkpoint) -> int:
+    """The seed a checkpoint's pretraining started from (0 when it does not record one)."""
+    return int(checkpoint.train.get("seed", 0))
+
+
 def random_init(checkpoint: Checkpoint, seed: int | None = None) -> Checkpoint:
     """The same architecture and settings as ``checkpoint``, untrained.
 
@@ -141,7 +146,7 @@ def random_init(checkpoint: Checkpoint, seed: int | None = None) -> Checkpoint:
         The untrained model, in eval mode on the checkpoint's device.
     """
     if seed is None:
-        seed = int(checkpoint.train.get("seed", 0))
+        seed = training_seed(checkpoint)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GeoJEPA(checkpoint.config)
