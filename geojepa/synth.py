@@ -19,8 +19,12 @@ are converted to lon/lat with pyproj for the PBF; the image is written in the UT
    is cut into ways of 2-6 segments. The class sets ``maxspeed`` (70/50/40/30/20 km/h for
    primary/secondary/tertiary/residential/service; a share ``mph_fraction`` of the ways gives
    it in miles instead, e.g. ``"25 mph"``), ``lanes`` and ``surface``. Every intersection of
-   two major streets (primary/secondary) is a ``highway=traffic_signals`` node that lies on the
-   road ways. Some blocks have an east-west ``highway=service`` alley joined to the streets.
+   two major streets (primary/secondary) is signalised (``highway=traffic_signals`` on the
+   road ways; so is a share of the junctions of a major and a tertiary street. As in real OSM
+   data, a signalised junction is mapped either as that one node or with one signal node on
+   each approaching road a few metres before the junction, and some major-street blocks have a
+   signalised pedestrian crossing halfway (``highway=crossing`` + ``crossing=traffic_signals``).
+   Some blocks have an east-west ``highway=service`` alley joined to the streets.
 2. **River.** A sinusoidal centreline crosses the city from west to east (``waterway=river``).
    The water surface is a ``type=multipolygon`` relation (``natural=water``) whose outer ring is
    assembled from several untagged bank ways and whose inner rings are islands (the river
@@ -138,6 +142,12 @@ class SynthConfig:
         river_width_m: Width of the river away from islands.
         mph_fraction: Share of road ways whose ``maxspeed`` is written in mph.
         bus_route_fraction: Share of major streets that carry a bus route relation.
+        signal_tertiary_fraction: Share of the junctions of a major and a tertiary street that
+            are signalised (junctions of two major streets always are).
+        signal_approach_fraction: Share of the signalised junctions mapped with one signal node
+            per approaching road instead of one node at the junction.
+        signal_crossing_fraction: Chance that a block of a major street has a signalised
+            pedestrian crossing halfway.
         street_tree_spacing_m: Mean distance between street trees (0 = no street trees).
         park_tree_density: Trees per 1000 square metres of park (0 = no park trees).
     """
@@ -160,6 +170,9 @@ class SynthConfig:
     river_width_m: float = 36.0
     mph_fraction: float = 0.1
     bus_route_fraction: float = 0.5
+    signal_tertiary_fraction: float = 0.5
+    signal_approach_fraction: float = 0.5
+    signal_crossing_fraction: float = 0.25
     street_tree_spacing_m: float = 12.0
     park_tree_density: float = 4.0
 
@@ -176,7 +189,8 @@ class SynthResult:
             ``relations``, ``tagged_nodes``, ``tagged_ways``, ``entities`` (tagged nodes +
             tagged ways + relations), ``buildings`` (= ``building_ways`` +
             ``building_relations``), ``building_<type>``, ``highways`` (ways with ``highway``)
-            and ``highway_<class>``, ``traffic_signals``, ``bridges`` (= ``car_bridges`` +
+            and ``highway_<class>``, ``traffic_signals`` (``highway=traffic_signals`` nodes),
+            ``signal_crossings`` (signalised crossing nodes), ``bridges`` (= ``car_bridges`` +
             ``foot_bridges``), ``maxspeed_ways``, ``maxspeed_mph``, ``waterways``,
             ``water_areas``, ``islands``, ``parks``, ``landuse``, ``trees``, ``pois``,
             ``bus_stops``, ``routes``, ``multipolygons``.
@@ -223,6 +237,8 @@ NODE_CLEARANCE_M = 16.0
 """Street intersections and segments keep at least this distance from the water."""
 BANK_CLEARANCE_M = 10.0
 """Bridge ends (bank nodes) lie this far from the water's edge."""
+SIGNAL_SETBACK_M = 12.0
+"""Signals mapped per approach lie this far before the junction."""
 PARK_BANK_CLEARANCE_M = 4.0
 RIVER_OVERHANG_M = 25.0
 IMAGE_MARGIN_M = 40.0
@@ -617,7 +633,8 @@ def _validate(config: SynthConfig) -> None:
     ]
     checks.append((min(weights) >= 0 and sum(weights) > 0, "district weights must be >= 0"))
     for name in ("apartment_fraction", "courtyard_fraction", "mph_fraction",
-                 "bus_route_fraction"):
+                 "bus_route_fraction", "signal_tertiary_fraction", "signal_approach_fraction",
+                 "signal_crossing_fraction"):
         value = getattr(config, name)
         checks.append((0.0 <= value <= 1.0, f"{name} must be between 0 and 1"))
     for ok, message in checks:
@@ -630,13 +647,53 @@ def _validate(config: SynthConfig) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _signalised_junctions(
+    cls_v: IntArray,
+    cls_h: IntArray,
+    node_kept: NDArray[np.bool_],
+    h_present: NDArray[np.bool_],
+    config: SynthConfig,
+    rng: np.random.Generator,
+) -> dict[tuple[int, int], bool]:
+    """The signalised street junctions.
+
+    Args:
+        cls_v: Class of each north-south line.
+        cls_h: Class of each east-west line.
+        node_kept: ``[nx, ny]``, the grid nodes that exist.
+        h_present: ``[ny, nx - 1]``, the east-west segments that exist.
+        config: The city settings (``signal_*`` fractions).
+        rng: The signals' random stream.
+
+    Returns:
+        ``{(i, j): per_approach}`` for every signalised grid junction: ``True`` when it is
+        mapped with one signal node per approaching road, ``False`` for one node at the
+        junction.
+    """
+    major_v = np.isin(cls_v, (_PRIMARY, _SECONDARY))[:, None]
+    major_h = np.isin(cls_h, (_PRIMARY, _SECONDARY))[None, :]
+    tertiary_v = (cls_v == _TERTIARY)[:, None]
+    tertiary_h = (cls_h == _TERTIARY)[None, :]
+    east_west = np.zeros(node_kept.shape, dtype=bool)  # an east-west street passes the node
+    east_west[:-1] |= h_present.T
+    east_west[1:] |= h_present.T
+    u = rng.random(node_kept.shape + (2,))
+    major_tertiary = (major_v & tertiary_h) | (tertiary_v & major_h)
+    drawn = u[..., 0] < config.signal_tertiary_fraction
+    signalised = (major_v & major_h) | (major_tertiary & drawn)
+    signalised &= node_kept & east_west
+    per_approach = u[..., 1] < config.signal_approach_fraction
+    return {(int(i), int(j)): bool(per_approach[i, j]) for i, j in np.argwhere(signalised)}
+
+
+
 def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa: C901
     """Generate the whole city in memory (geometry in local metres, tags, image shapes)."""
     _validate(config)
     S = config.size_km * 1000.0
-    streams = np.random.SeedSequence([config.seed, 0x5EED]).spawn(10)
+    streams = np.random.SeedSequence([config.seed, 0x5EED]).spawn(11)
     (rng_grid, rng_river, rng_district, rng_roads, rng_lots, rng_tags, rng_poi, rng_park,
-     rng_trees, rng_image) = (np.random.default_rng(s) for s in streams)
+     rng_trees, rng_image, rng_signals) = (np.random.default_rng(s) for s in streams)
     nodes = _Nodes()
     ways: list[tuple[list[int], Tags]] = []
     relations: list[tuple[list[Member], Tags]] = []
@@ -920,6 +977,42 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
         junction_ys.setdefault(i + 1, set()).add(y)
     junction_id: dict[tuple[int, float], int] = {}
 
+    # Traffic signals: tags of the junction nodes now, approach and crossing nodes on the lines.
+    signal_plan = _signalised_junctions(cls_v, cls_h, node_kept, h_present, config, rng_signals)
+    grid_index = {int(node_id[i, j]): (int(i), int(j)) for i, j in zip(ki, kj)}
+    signal_tags: dict[str, Tags] = {
+        "signal": {"highway": "traffic_signals", "source": src},
+        "crossing": {"highway": "crossing", "crossing": "traffic_signals", "source": src},
+    }
+    for (i, j), per_approach in signal_plan.items():
+        if not per_approach:
+            nodes.set_tags(int(node_id[i, j]), signal_tags["signal"])
+    signal_counts = {"signal": len(signal_plan) - sum(signal_plan.values()), "crossing": 0}
+
+    def with_signals(
+        stations: list[tuple[float, int, str]], fixed: float, vertical: bool, major: bool
+    ) -> list[tuple[float, int, str]]:
+        """Insert approach signals and signalised crossings between a line's stations."""
+        out = [stations[0]]
+        for (ca, a, ka), (cb, b, kb) in zip(stations[:-1], stations[1:]):
+            extra: list[tuple[float, str]] = []
+            if cb - ca > 3 * SIGNAL_SETBACK_M:
+                if ka == "node" and signal_plan.get(grid_index[a], False):
+                    extra.append((ca + SIGNAL_SETBACK_M, "signal"))
+                if kb == "node" and signal_plan.get(grid_index[b], False):
+                    extra.append((cb - SIGNAL_SETBACK_M, "signal"))
+            if (major and ka == kb == "node" and cb - ca > 4 * SIGNAL_SETBACK_M
+                    and rng_signals.random() < config.signal_crossing_fraction):
+                extra.append(((ca + cb) / 2.0, "crossing"))
+            for c, kind in sorted(extra):
+                xy = (fixed, c) if vertical else (c, fixed)
+                nid = nodes.add_one(*xy, signal_tags[kind])
+                xs_all[nid] = xy
+                out.append((c, nid, kind))
+                signal_counts[kind] += 1
+            out.append((cb, b, kb))
+        return out
+
     def road_tags(cls: int, name: str | None) -> Tags:
         tags: Tags = {"highway": ROAD_CLASSES[cls]}
         kmh = MAXSPEED_KMH[cls]
@@ -976,7 +1069,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
             junction_id[(i, y)] = nid
             xs_all[nid] = (xi, y)
             stations.append((y, nid, "junction"))
-        stations.sort()
+        stations = with_signals(sorted(stations), xi, True, cls in (_PRIMARY, _SECONDARY))
         ids = [st[1] for st in stations]
         kinds = [st[2] for st in stations]
         runs: list[list[int]] = [[ids[0]]]
@@ -1013,7 +1106,6 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
         if crossing[i] != "car":
             line_ways[key] = []  # a bus route needs a continuous street
 
-    signals = 0
     for j in range(ny):
         cls = int(cls_h[j])
         name = f"Synth Street {j + 1}"
@@ -1032,6 +1124,12 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                 run = []
         if run:
             runs_h.append(run)
+        runs_h = [
+            [st[1] for st in with_signals(
+                [(float(X[grid_index[n][0]]), n, "node") for n in run], float(Y[j]), False,
+                cls in (_PRIMARY, _SECONDARY))]
+            for run in runs_h
+        ]
         for run in runs_h:
             for piece in split_run(run):
                 ways.append((piece, road_tags(cls, name)))
@@ -1039,12 +1137,6 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                     line_ways[key].append(len(ways) - 1)
                 add_segments(piece, cls, False)
                 line_segments[key].extend(zip(piece[:-1], piece[1:]))
-            if cls in (_PRIMARY, _SECONDARY):
-                for nid in run:
-                    vi = int(np.searchsorted(X, xs_all[nid][0]))
-                    if cls_v[vi] in (_PRIMARY, _SECONDARY):
-                        nodes.set_tags(nid, {"highway": "traffic_signals", "source": src})
-                        signals += 1
 
     for i, j in alley_cells:
         y = alley_y[(i, j)]
@@ -1266,7 +1358,8 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
         **{f"building_{name}": int((btype == t_).sum()) for t_, name in enumerate(BUILDING_TYPES)},
         "highways": sum(highway_counts.values()),
         **{f"highway_{c_}": v for c_, v in highway_counts.items()},
-        "traffic_signals": signals,
+        "traffic_signals": signal_counts["signal"],
+        "signal_crossings": signal_counts["crossing"],
         "bridges": bridge_ways,
         "car_bridges": car_bridge_ways,
         "foot_bridges": foot_bridge_ways,

@@ -161,6 +161,7 @@ def test_counts_match_pbf(city: SynthResult, osm: Osm) -> None:
         "highway_primary": sum(1 for t in highways if t["highway"] == "primary"),
         "highway_footway": sum(1 for t in highways if t["highway"] == "footway"),
         "traffic_signals": sum(1 for t in node_tags if t.get("highway") == "traffic_signals"),
+        "signal_crossings": sum(1 for t in node_tags if t.get("crossing") == "traffic_signals"),
         "bridges": len(bridges),
         "car_bridges": sum(1 for t in bridges if t.get("highway") in CAR_CLASSES),
         "foot_bridges": sum(1 for t in bridges if t.get("highway") == "footway"),
@@ -178,7 +179,8 @@ def test_counts_match_pbf(city: SynthResult, osm: Osm) -> None:
     }
     assert {k: counts[k] for k in expected} == expected
     # The city exercises every feature the tests and tasks rely on.
-    for key in ("building_relations", "traffic_signals", "car_bridges", "foot_bridges",
+    for key in ("building_relations", "traffic_signals", "signal_crossings", "car_bridges",
+                "foot_bridges",
                 "maxspeed_mph", "parks", "trees", "pois", "routes", "islands"):
         assert counts[key] > 0, key
     assert counts["bridges"] == counts["car_bridges"] + counts["foot_bridges"]
@@ -208,15 +210,41 @@ def test_maxspeed_values(osm: Osm) -> None:
 # ---- network ---------------------------------------------------------------------------------
 
 
-def test_traffic_signals_sit_on_two_major_roads(osm: Osm) -> None:
-    refs: dict[int, int] = {}
-    for nodes, tags in osm.ways.values():
-        if tags.get("highway") in MAJOR_CLASSES:
-            for n in set(nodes):
-                refs[n] = refs.get(n, 0) + 1
+def test_traffic_signals_are_mapped_like_real_junctions(
+    osm: Osm, to_utm: pyproj.Transformer
+) -> None:
+    # A signalised junction is one signal node where two streets cross, one of them major, or
+    # one signal node on each approaching road, SIGNAL_SETBACK_M before such a junction.
+    # Signalised pedestrian crossings sit on a major street, away from junctions.
+    streets: dict[int, set[tuple[str, str]]] = {}  # node -> (street, class) of its road ways
+    for wid, (nodes, tags) in osm.ways.items():
+        if tags.get("highway") in CAR_CLASSES:
+            for n in nodes:
+                streets.setdefault(n, set()).add((tags.get("name", f"way {wid}"), tags["highway"]))
+
+    def is_junction(n: int) -> bool:
+        names = {name for name, _ in streets.get(n, ())}
+        return len(names) >= 2 and any(c in MAJOR_CLASSES for _, c in streets[n])
+
+    def xy(n: int) -> np.ndarray:
+        return np.array(to_utm.transform(*osm.nodes[n][:2]))
+
+    junctions = np.array([xy(n) for n in streets if is_junction(n)])
     signals = [n for n, (*_, t) in osm.nodes.items() if t.get("highway") == "traffic_signals"]
-    assert signals
-    assert all(refs.get(n, 0) >= 2 for n in signals)
+    at_junction = [n for n in signals if is_junction(n)]
+    approach = [n for n in signals if not is_junction(n)]
+    assert at_junction and approach
+    for n in approach:
+        assert len({name for name, _ in streets[n]}) == 1
+        gap = np.linalg.norm(junctions - xy(n), axis=1).min()
+        assert gap == pytest.approx(synth.SIGNAL_SETBACK_M, abs=0.5)
+    crossings = [n for n, (*_, t) in osm.nodes.items() if t.get("crossing") == "traffic_signals"]
+    assert crossings
+    for n in crossings:
+        assert osm.nodes[n][2]["highway"] == "crossing"
+        ((_, cls),) = streets[n]
+        assert cls in MAJOR_CLASSES
+        assert np.linalg.norm(junctions - xy(n), axis=1).min() > 2 * synth.SIGNAL_SETBACK_M
 
 
 def test_roads_form_a_network(osm: Osm) -> None:
