@@ -11,6 +11,7 @@ of them is part of geojepa. Run by hand from the repository root, one process pe
         [--ema-keep 0.01] [--ln-vicreg] [--model '{"vicreg_weight": 1.0, "dropout": 0.0}']
         [--token-vicreg 1.0] [--default-init] [--fourier 8] [--standardise-targets]
         [--targets tokens] [--prior-norm] [--freeze-content] [--balanced] [--box-features 4]
+        [--tile-variance 1.0]
         [--train '{"weight_decay_start": 0.0, "weight_decay_end": 0.0}']
 """
 
@@ -100,6 +101,60 @@ def prior_norm() -> None:
     encoder.Predictor.forward = forward
 
 
+def set_variance(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """VICReg's variance hinge within each set (tile or target block) instead of over the batch.
+
+    Args:
+        x: ``Float[N, L, d]`` embeddings of ``N`` sets.
+        valid: ``Bool[N, L]``, the real entries.
+
+    Returns:
+        ``mean_d relu(1 - std_d)`` of the layer-normed rows of each set with at least 2 rows,
+        averaged over those sets (0 without any).
+    """
+    x = F.layer_norm(x.float(), (x.shape[-1],))
+    weight = valid[..., None].float()
+    count = weight.sum(dim=1)
+    mean = (x * weight).sum(dim=1) / count.clamp(min=1.0)
+    var = ((x - mean[:, None]) ** 2 * weight).sum(dim=1) / (count - 1.0).clamp(min=1.0)
+    hinge = F.relu(1.0 - torch.sqrt(var + 1e-4)).mean(dim=-1)
+    keep = count[:, 0] >= 2
+    return hinge[keep].mean() if keep.any() else x.sum() * 0.0
+
+
+def tile_variance(weight: float) -> None:
+    """Add ``weight`` x the within-tile variance hinge of the context embeddings and the
+    within-block hinge of the predictions: the batch-wide VICReg terms are met by differences
+    between tiles, while the collapse happens inside each tile."""
+    base_loss = jepa.GeoJEPA.forward_loss
+    base_context = jepa.GeoJEPA.encode_context
+    base_predictor = encoder.Predictor.forward
+    seen: dict[str, torch.Tensor] = {}
+
+    def encode_context(self: jepa.GeoJEPA, tokens: torch.Tensor, index: torch.Tensor,
+                       valid: torch.Tensor) -> torch.Tensor:
+        out = base_context(self, tokens, index, valid)
+        seen["context"], seen["context_valid"] = out, valid
+        return out
+
+    def predict(self: encoder.Predictor, *a: torch.Tensor) -> torch.Tensor:
+        out = base_predictor(self, *a)
+        seen["pred"], seen["pred_valid"] = out, a[4]
+        return out
+
+    def forward_loss(self: jepa.GeoJEPA, batch: object, generator: torch.Generator):
+        loss, logs = base_loss(self, batch, generator)
+        extra = set_variance(seen["context"], seen["context_valid"]) + set_variance(
+            seen["pred"], seen["pred_valid"]
+        )
+        logs["tile_variance"] = float(extra.detach())
+        return loss + weight * extra, logs
+
+    jepa.GeoJEPA.encode_context = encode_context
+    encoder.Predictor.forward = predict
+    jepa.GeoJEPA.forward_loss = forward_loss
+
+
 def patch(args: argparse.Namespace) -> None:
     """Switch on the requested variants."""
     if (
@@ -146,6 +201,8 @@ def patch(args: argparse.Namespace) -> None:
         tokenizer.mlp = mlp
     if args.prior_norm:
         prior_norm()
+    if args.tile_variance:
+        tile_variance(args.tile_variance)
     if args.balanced:  # tokens = LN(content) + LN(prior): position as loud as content at init
         base_tokens = tokenizer.Tokenizer.forward
 
@@ -221,6 +278,8 @@ def main() -> None:
     ap.add_argument("--prior-norm", action="store_true")
     ap.add_argument("--freeze-content", action="store_true")
     ap.add_argument("--balanced", action="store_true")
+    ap.add_argument("--tile-variance", type=float, default=0.0,
+                    help="weight of the within-tile / within-block variance hinge")
     ap.add_argument("--box-features", type=int, default=0, help="octaves of centred box features")
     ap.add_argument("--targets", choices=("encoder", "tokens"), default="encoder")
     ap.add_argument("--model", default="{}", help="GeoJEPAConfig overrides as JSON")
