@@ -230,7 +230,8 @@ def _scores_table(summary: pd.DataFrame, tasks: Sequence[str]) -> list[str]:
 def _wins_table(
     summary: pd.DataFrame, scores: pd.DataFrame, variant: str, tasks: Sequence[str]
 ) -> list[str]:
-    """Lines of the paired-wins table of one variant: every model row against the baselines."""
+    """Lines of the paired-wins table of one variant: every model row against the other models
+    with the same probe (for example images against no images), then against the baselines."""
     body: list[list[str]] = []
     for method, _, probe in _ordered_rows(summary[summary["role"] == "model"]):
         line = [_label(method, probe)]
@@ -239,13 +240,18 @@ def _wins_table(
             if not ((in_task["method"] == method) & (in_task["probe"] == probe)).any():
                 line.append("—")
                 continue
+            models = in_task[
+                (in_task["role"] == "model")
+                & (in_task["probe"] == probe)
+                & (in_task["method"] != method)
+            ]
             baselines = in_task[
                 (in_task["role"] == "baseline") & in_task["probe"].isin([probe, DUMMY_PROBE])
             ]
             parts = []
-            for baseline in dict.fromkeys(baselines["method"]):
-                wins, folds = _wins(scores, method, baseline, task, variant, probe)
-                parts.append(f"vs {baseline} {wins}/{folds}")
+            for other in dict.fromkeys([*models["method"], *baselines["method"]]):
+                wins, folds = _wins(scores, method, other, task, variant, probe)
+                parts.append(f"vs {other} {wins}/{folds}")
             line.append(" · ".join(parts) if parts else "—")
         body.append(line)
     return _table(["model", *tasks], body)
@@ -330,8 +336,9 @@ def markdown_report(
             "### Paired wins",
             "",
             (
-                "Folds on which the model scores strictly lower than the baseline (ties are not"
-                " wins) / folds both have; baselines with the same probe, and Dummy."
+                "Folds on which the model scores strictly lower than the other model or baseline"
+                " (ties are not wins) / folds both have; other models and baselines with the same"
+                " probe, and Dummy."
             ),
             "",
         ]

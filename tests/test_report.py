@@ -168,6 +168,26 @@ def test_markdown_cells_bold_best_constant_marker_and_sections() -> None:
     assert markdown.endswith("\n")
 
 
+def test_models_are_compared_with_each_other_before_the_baselines() -> None:
+    # Images against no images: the comparison of two pretrained models.
+    plan = {
+        ("building_count", "masked", "Dummy", "baseline", "dummy"): [[30.0], [32.0], [34.0]],
+        ("building_count", "masked", "GeoJEPA-GT", "model", "linear"): [[20.0], [25.0], [30.0]],
+        ("building_count", "masked", "GeoJEPA-GTI", "model", "linear"): [[18.0], [26.0], [29.0]],
+        ("building_count", "masked", "GeoJEPA-GTI", "model", "mlp"): [[10.0], [11.0], [12.0]],
+    }
+    markdown = markdown_report(make_runs(plan), "t", NOTES)
+    wins = markdown.index("### Paired wins")
+    assert table_row(markdown, "GeoJEPA-GTI (linear)", wins) == [
+        "vs GeoJEPA-GT 2/3 · vs Dummy 3/3"
+    ]
+    assert table_row(markdown, "GeoJEPA-GT (linear)", wins) == [
+        "vs GeoJEPA-GTI 1/3 · vs Dummy 3/3"
+    ]
+    # Only models with the same probe are compared.
+    assert table_row(markdown, "GeoJEPA-GTI (mlp)", wins) == ["vs Dummy 3/3"]
+
+
 def test_markdown_without_unmasked_runs_has_no_unmasked_section() -> None:
     runs = make_runs()
     markdown = markdown_report(runs[runs["variant"] == "masked"], "t", [])
