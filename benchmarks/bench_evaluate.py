@@ -5,7 +5,7 @@ reports. Run by hand from the repository root (venv active):
 
     python benchmarks/bench_evaluate.py [--work /tmp/geojepa-eval] [--epochs-helsinki 20] [--epochs-city 12] [--size-km 2]
     python benchmarks/bench_evaluate.py --regions city_tags --out benchmarks/evaluate_city_tags.md
-    python benchmarks/bench_evaluate.py --regions city_tags --pretrain-seeds 4 \
+    python benchmarks/bench_evaluate.py --regions city_tags --tags-models T GT --pretrain-seeds 4 \
         --out benchmarks/evaluate_city_tags_seeds.md
     python benchmarks/bench_evaluate.py --regions helsinki --pretrain-seeds 3 \
         --out benchmarks/evaluate_helsinki_seeds.md
@@ -23,7 +23,8 @@ Three regions:
   every tile (transductive, labelled as such), evaluate with 5 spatial folds over zoom-15 groups
   (the extract covers only four zoom-14 tiles, one holding half the tiles).
 * **A larger synthetic city without imagery** (``--regions city_tags``, 4 km, ~740 tiles): a
-  tags-only model (T) against its random initialisation and the tag baselines, linear probes.
+  tags-only model (T), and with ``--tags-models T GT`` also a geometry+tags model (GT), against
+  their random initialisations and the tag baselines, linear probes.
 * **A synthetic city** (``geojepa synth``, 2 km, with its aerial-like image at 112 px per tile) at
   zoom 17: pretrain geometry+tags (GT) and geometry+tags+image (GTI) models; evaluate both with 5
   spatial folds over zoom-14 groups. The image shows roofs, roads and bridges whose tags the masked
@@ -109,16 +110,18 @@ def city(
 
 
 def city_tags(
-    work: Path, epochs: int, size_km: float, seeds: int, extra: list[str], log: list[str]
+    work: Path, epochs: int, size_km: float, seeds: int, models: list[str], extra: list[str],
+    log: list[str],
 ) -> Path:
-    """A larger synthetic city without imagery: a tags-only model (T), linear probes."""
+    """A larger synthetic city without imagery: models without images (T, GT), linear probes."""
     src, ds, report = work / "city_t_src", work / "city_t17", work / "report_city_t"
-    out = work / "city_t17_T"
     run(["synth", str(src), "--size-km", str(size_km), "--seed", "3", "-q"], log)
     run(["prepare", str(src / "synthetic_city.osm.pbf"), "-o", str(ds), "--zoom", "17", "--overwrite"], log)
     run(["tasks", str(ds), "--overwrite"], log)
-    checkpoints = pretrain(ds, out, "GeoJEPA-T", seeds,
-                           ["--epochs", str(epochs), "--model-modalities", "T"], log)
+    checkpoints = []
+    for modalities in models:
+        checkpoints += pretrain(ds, work / f"city_t17_{modalities}", f"GeoJEPA-{modalities}", seeds,
+                                ["--epochs", str(epochs), "--model-modalities", modalities], log)
     run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--folds", "5",
          "--probes", "linear", "--overwrite", *extra], log)
     return report
@@ -133,6 +136,8 @@ def main() -> None:
     parser.add_argument("--size-km", type=float, default=2.0, help="side of the synthetic city")
     parser.add_argument("--epochs-city-tags", type=int, default=8)
     parser.add_argument("--size-km-tags", type=float, default=4.0, help="side of the tags-only city")
+    parser.add_argument("--tags-models", nargs="+", choices=("T", "GT"), default=["T"],
+                        help="models pretrained on the tags-only city")
     parser.add_argument("--pretrain-seeds", type=int, default=1,
                         help="pretraining runs per model, evaluated as replicates")
     parser.add_argument("--tasks", nargs="+", default=None, help="evaluate only these tasks")
@@ -151,7 +156,7 @@ def main() -> None:
             report = city(args.work, args.epochs_city, args.size_km, args.pretrain_seeds, extra, log)
         else:
             report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags,
-                               args.pretrain_seeds, extra, log)
+                               args.pretrain_seeds, args.tags_models, extra, log)
         dest = HERE / "evaluate" / (region if args.pretrain_seeds == 1 else f"{region}_seeds")
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(report, dest)
@@ -167,7 +172,8 @@ def main() -> None:
         (f"Command: `python benchmarks/bench_evaluate.py --regions {' '.join(args.regions)} "
          f"--epochs-helsinki {args.epochs_helsinki} --epochs-city {args.epochs_city} --size-km "
          f"{args.size_km:g} --epochs-city-tags {args.epochs_city_tags} --size-km-tags "
-         f"{args.size_km_tags:g} --pretrain-seeds {args.pretrain_seeds} {' '.join(extra)}`  "),
+         f"{args.size_km_tags:g} --tags-models {' '.join(args.tags_models)} --pretrain-seeds "
+         f"{args.pretrain_seeds} {' '.join(extra)}`  "),
         (f"Machine: {platform.processor() or platform.machine()}, "
          f"Python {platform.python_version()}, 2 CPU cores, no GPU  "),
         (f"Pretraining: `geojepa pretrain ... {' '.join(PRETRAIN)}`, {args.epochs_helsinki} epochs "

@@ -11,7 +11,7 @@ of them is part of geojepa. Run by hand from the repository root, one process pe
         [--ema-keep 0.01] [--ln-vicreg] [--model '{"vicreg_weight": 1.0, "dropout": 0.0}']
         [--token-vicreg 1.0] [--default-init] [--fourier 8] [--standardise-targets]
         [--targets tokens] [--prior-norm] [--freeze-content] [--balanced] [--box-features 4]
-        [--tile-variance 1.0]
+        [--tile-variance 1.0] [--predictor-warmup 150]
         [--train '{"weight_decay_start": 0.0, "weight_decay_end": 0.0}']
 """
 
@@ -155,6 +155,29 @@ def tile_variance(weight: float) -> None:
     jepa.GeoJEPA.forward_loss = forward_loss
 
 
+def predictor_warmup(steps: int) -> None:
+    """Train only the predictor for the first ``steps`` training steps.
+
+    The tokeniser and the context encoder (and so the EMA target) stay at their initialisation
+    meanwhile, so the predictor first learns to predict the initial, still distinct targets from
+    their positions, before the encoders can make the tokens of a tile alike.
+    """
+    base_loss = jepa.GeoJEPA.forward_loss
+    calls = {"n": 0}
+
+    def forward_loss(self: jepa.GeoJEPA, batch: object, generator: torch.Generator):
+        if not hasattr(self, "_warm_params"):
+            self._warm_params = [p for m in (self.tokenizer, self.encoder)
+                                 for p in m.parameters() if p.requires_grad]
+        if self.training:
+            calls["n"] += 1
+        for param in self._warm_params:
+            param.requires_grad_(calls["n"] > steps)
+        return base_loss(self, batch, generator)
+
+    jepa.GeoJEPA.forward_loss = forward_loss
+
+
 def patch(args: argparse.Namespace) -> None:
     """Switch on the requested variants."""
     if (
@@ -203,6 +226,8 @@ def patch(args: argparse.Namespace) -> None:
         prior_norm()
     if args.tile_variance:
         tile_variance(args.tile_variance)
+    if args.predictor_warmup:
+        predictor_warmup(args.predictor_warmup)
     if args.balanced:  # tokens = LN(content) + LN(prior): position as loud as content at init
         base_tokens = tokenizer.Tokenizer.forward
 
@@ -280,6 +305,8 @@ def main() -> None:
     ap.add_argument("--balanced", action="store_true")
     ap.add_argument("--tile-variance", type=float, default=0.0,
                     help="weight of the within-tile / within-block variance hinge")
+    ap.add_argument("--predictor-warmup", type=int, default=0,
+                    help="steps during which only the predictor trains")
     ap.add_argument("--box-features", type=int, default=0, help="octaves of centred box features")
     ap.add_argument("--targets", choices=("encoder", "tokens"), default="encoder")
     ap.add_argument("--model", default="{}", help="GeoJEPAConfig overrides as JSON")
