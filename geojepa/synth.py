@@ -19,11 +19,13 @@ are converted to lon/lat with pyproj for the PBF; the image is written in the UT
    is cut into ways of 2-6 segments. The class sets ``maxspeed`` (70/50/40/30/20 km/h for
    primary/secondary/tertiary/residential/service; a share ``mph_fraction`` of the ways gives
    it in miles instead, e.g. ``"25 mph"``), ``lanes`` and ``surface``. Every intersection of
-   two major streets (primary/secondary) is signalised (``highway=traffic_signals`` on the
-   road ways; so is a share of the junctions of a major and a tertiary street. As in real OSM
-   data, a signalised junction is mapped either as that one node or with one signal node on
-   each approaching road a few metres before the junction, and some major-street blocks have a
-   signalised pedestrian crossing halfway (``highway=crossing`` + ``crossing=traffic_signals``).
+   two major streets (primary/secondary) is signalised, and so is a share of the junctions of
+   a major and a tertiary street. As in real OSM data, a signalised junction is mapped either
+   as one ``highway=traffic_signals`` node at the junction or with one such node on each
+   approaching road a few metres before it, and some major-street blocks have a signalised
+   pedestrian crossing halfway (``highway=crossing`` + ``crossing=traffic_signals``). The signal
+   nodes are inserted into the road ways after those are split, from their own random stream,
+   so the rest of the city does not depend on the signal settings.
    Some blocks have an east-west ``highway=service`` alley joined to the streets.
 2. **River.** A sinusoidal centreline crosses the city from west to east (``waterway=river``).
    The water surface is a ``type=multipolygon`` relation (``natural=water``) whose outer ring is
@@ -990,11 +992,17 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
     signal_counts = {"signal": len(signal_plan) - sum(signal_plan.values()), "crossing": 0}
 
     def with_signals(
-        stations: list[tuple[float, int, str]], fixed: float, vertical: bool, major: bool
-    ) -> list[tuple[float, int, str]]:
-        """Insert approach signals and signalised crossings between a line's stations."""
-        out = [stations[0]]
-        for (ca, a, ka), (cb, b, kb) in zip(stations[:-1], stations[1:]):
+        piece: list[int], where: dict[int, tuple[float, str]], fixed: float, vertical: bool,
+        major: bool,
+    ) -> list[int]:
+        """A road way's nodes with its approach signals and signalised crossings inserted.
+
+        ``where`` maps the line's nodes to their coordinate along the line and their kind
+        (``"node"`` for a grid junction); ``fixed`` is the line's other coordinate.
+        """
+        out = piece[:1]
+        for a, b in zip(piece[:-1], piece[1:]):
+            (ca, ka), (cb, kb) = where[a], where[b]
             extra: list[tuple[float, str]] = []
             if cb - ca > 3 * SIGNAL_SETBACK_M:
                 if ka == "node" and signal_plan.get(grid_index[a], False):
@@ -1008,9 +1016,9 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                 xy = (fixed, c) if vertical else (c, fixed)
                 nid = nodes.add_one(*xy, signal_tags[kind])
                 xs_all[nid] = xy
-                out.append((c, nid, kind))
+                out.append(nid)
                 signal_counts[kind] += 1
-            out.append((cb, b, kb))
+            out.append(b)
         return out
 
     def road_tags(cls: int, name: str | None) -> Tags:
@@ -1069,7 +1077,8 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
             junction_id[(i, y)] = nid
             xs_all[nid] = (xi, y)
             stations.append((y, nid, "junction"))
-        stations = with_signals(sorted(stations), xi, True, cls in (_PRIMARY, _SECONDARY))
+        stations.sort()
+        where = {nid: (y, kind) for y, nid, kind in stations}
         ids = [st[1] for st in stations]
         kinds = [st[2] for st in stations]
         runs: list[list[int]] = [[ids[0]]]
@@ -1099,9 +1108,10 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                 line_ways[key].append(len(ways) - 1)
                 add_segments([a, b], bcls, True)
             for piece in split_run(run):
-                ways.append((piece, road_tags(cls, name)))
+                road = with_signals(piece, where, xi, True, cls in (_PRIMARY, _SECONDARY))
+                ways.append((road, road_tags(cls, name)))
                 line_ways[key].append(len(ways) - 1)
-                add_segments(piece, cls, False)
+                add_segments(road, cls, False)
                 line_segments[key].extend(zip(piece[:-1], piece[1:]))
         if crossing[i] != "car":
             line_ways[key] = []  # a bus route needs a continuous street
@@ -1124,18 +1134,14 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                 run = []
         if run:
             runs_h.append(run)
-        runs_h = [
-            [st[1] for st in with_signals(
-                [(float(X[grid_index[n][0]]), n, "node") for n in run], float(Y[j]), False,
-                cls in (_PRIMARY, _SECONDARY))]
-            for run in runs_h
-        ]
+        where = {int(node_id[i, j]): (float(X[i]), "node") for i in np.nonzero(node_kept[:, j])[0]}
         for run in runs_h:
             for piece in split_run(run):
-                ways.append((piece, road_tags(cls, name)))
+                road = with_signals(piece, where, float(Y[j]), False, cls in (_PRIMARY, _SECONDARY))
+                ways.append((road, road_tags(cls, name)))
                 if len(runs_h) == 1:
                     line_ways[key].append(len(ways) - 1)
-                add_segments(piece, cls, False)
+                add_segments(road, cls, False)
                 line_segments[key].extend(zip(piece[:-1], piece[1:]))
 
     for i, j in alley_cells:
