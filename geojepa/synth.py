@@ -211,6 +211,7 @@ class SynthResult:
 ROAD_CLASSES = ("primary", "secondary", "tertiary", "residential", "service", "footway")
 """Road classes, major first. Street lines use the first four."""
 _PRIMARY, _SECONDARY, _TERTIARY, _RESIDENTIAL, _SERVICE, _FOOTWAY = range(6)
+_MAJOR = (_PRIMARY, _SECONDARY)
 MAJOR_CLASSES = frozenset({"primary", "secondary"})
 CAR_CLASSES = frozenset({"primary", "secondary", "tertiary", "residential", "service"})
 ROAD_WIDTH_M = (14.0, 11.0, 9.0, 7.0, 4.5, 2.5)
@@ -672,8 +673,8 @@ def _signalised_junctions(
         mapped with one signal node per approaching road, ``False`` for one node at the
         junction.
     """
-    major_v = np.isin(cls_v, (_PRIMARY, _SECONDARY))[:, None]
-    major_h = np.isin(cls_h, (_PRIMARY, _SECONDARY))[None, :]
+    major_v = np.isin(cls_v, _MAJOR)[:, None]
+    major_h = np.isin(cls_h, _MAJOR)[None, :]
     tertiary_v = (cls_v == _TERTIARY)[:, None]
     tertiary_h = (cls_h == _TERTIARY)[None, :]
     east_west = np.zeros(node_kept.shape, dtype=bool)  # an east-west street passes the node
@@ -957,7 +958,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
     # Crossing type per north-south line: 'car', 'foot' or 'none'.
     u = rng_roads.random(nx)
     crossing = np.full(nx, "none", dtype=object)
-    crossing[np.isin(cls_v, (_PRIMARY, _SECONDARY))] = "car"
+    crossing[np.isin(cls_v, _MAJOR)] = "car"
     crossing[(cls_v == _TERTIARY) & (u < 0.6)] = "car"
     crossing[(cls_v == _RESIDENTIAL) & (u < 0.1)] = "car"
     crossing[(cls_v == _RESIDENTIAL) & (u >= 0.1) & (u < 0.3)] = "foot"
@@ -981,15 +982,15 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
 
     # Traffic signals: tags of the junction nodes now, approach and crossing nodes on the lines.
     signal_plan = _signalised_junctions(cls_v, cls_h, node_kept, h_present, config, rng_signals)
-    grid_index = {int(node_id[i, j]): (int(i), int(j)) for i, j in zip(ki, kj)}
+    per_approach = {int(node_id[i, j]) for (i, j), approach in signal_plan.items() if approach}
     signal_tags: dict[str, Tags] = {
         "signal": {"highway": "traffic_signals", "source": src},
         "crossing": {"highway": "crossing", "crossing": "traffic_signals", "source": src},
     }
-    for (i, j), per_approach in signal_plan.items():
-        if not per_approach:
+    for (i, j), approach in signal_plan.items():
+        if not approach:
             nodes.set_tags(int(node_id[i, j]), signal_tags["signal"])
-    signal_counts = {"signal": len(signal_plan) - sum(signal_plan.values()), "crossing": 0}
+    signal_counts = {"signal": len(signal_plan) - len(per_approach), "crossing": 0}
 
     def with_signals(
         piece: list[int], where: dict[int, tuple[float, str]], fixed: float, vertical: bool,
@@ -1005,9 +1006,9 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
             (ca, ka), (cb, kb) = where[a], where[b]
             extra: list[tuple[float, str]] = []
             if cb - ca > 3 * SIGNAL_SETBACK_M:
-                if ka == "node" and signal_plan.get(grid_index[a], False):
+                if a in per_approach:
                     extra.append((ca + SIGNAL_SETBACK_M, "signal"))
-                if kb == "node" and signal_plan.get(grid_index[b], False):
+                if b in per_approach:
                     extra.append((cb - SIGNAL_SETBACK_M, "signal"))
             if (major and ka == kb == "node" and cb - ca > 4 * SIGNAL_SETBACK_M
                     and rng_signals.random() < config.signal_crossing_fraction):
@@ -1108,7 +1109,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                 line_ways[key].append(len(ways) - 1)
                 add_segments([a, b], bcls, True)
             for piece in split_run(run):
-                road = with_signals(piece, where, xi, True, cls in (_PRIMARY, _SECONDARY))
+                road = with_signals(piece, where, xi, True, cls in _MAJOR)
                 ways.append((road, road_tags(cls, name)))
                 line_ways[key].append(len(ways) - 1)
                 add_segments(road, cls, False)
@@ -1137,7 +1138,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
         where = {int(node_id[i, j]): (float(X[i]), "node") for i in np.nonzero(node_kept[:, j])[0]}
         for run in runs_h:
             for piece in split_run(run):
-                road = with_signals(piece, where, float(Y[j]), False, cls in (_PRIMARY, _SECONDARY))
+                road = with_signals(piece, where, float(Y[j]), False, cls in _MAJOR)
                 ways.append((road, road_tags(cls, name)))
                 if len(runs_h) == 1:
                     line_ways[key].append(len(ways) - 1)
@@ -1304,8 +1305,8 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
 
     # ---- bus routes -------------------------------------------------------------------------
     routes = bus_stops = 0
-    major_keys = [("v", i) for i in range(nx) if cls_v[i] in (_PRIMARY, _SECONDARY)] + [
-        ("h", j) for j in range(ny) if cls_h[j] in (_PRIMARY, _SECONDARY)
+    major_keys = [("v", i) for i in range(nx) if cls_v[i] in _MAJOR] + [
+        ("h", j) for j in range(ny) if cls_h[j] in _MAJOR
     ]
     major_keys = [k_ for k_ in major_keys if line_ways[k_]]
     chosen = [k_ for k_ in major_keys if rng_roads.random() < config.bus_route_fraction]
