@@ -11,7 +11,7 @@ of them is part of geojepa. Run by hand from the repository root, one process pe
         [--ema-keep 0.01] [--ln-vicreg] [--model '{"vicreg_weight": 1.0, "dropout": 0.0}']
         [--token-vicreg 1.0] [--default-init] [--fourier 8] [--standardise-targets]
         [--targets tokens] [--prior-norm] [--freeze-content] [--balanced] [--box-features 4]
-        [--tile-variance 1.0] [--predictor-warmup 150]
+        [--tile-variance 1.0] [--predictor-warmup 150] [--tile-norm-targets]
         [--train '{"weight_decay_start": 0.0, "weight_decay_end": 0.0}']
 """
 
@@ -155,6 +155,33 @@ def tile_variance(weight: float) -> None:
     jepa.GeoJEPA.forward_loss = forward_loss
 
 
+def tile_norm_targets(eps: float = 1e-3) -> None:
+    """Standardise each target dimension over the real tokens of its own tile.
+
+    The batch-wide standardisation (``--standardise-targets``) keeps between-tile differences,
+    so predicting a tile's mean target still scores well; here the targets are each token's
+    deviation from its tile at unit variance, so neither a shared direction nor a tile's mean is
+    predicted for free, shrinking the varying part does not lower the loss, and the predictor
+    can lower it only by telling its targets apart. The logged ``target_cosine`` and
+    ``target_std`` stay those of the layer-normed encoder outputs.
+    """
+    base_targets = jepa.GeoJEPA.encode_targets
+    base_metrics = jepa.collapse_metrics
+    raw: dict[str, torch.Tensor] = {}
+
+    def encode_targets(self: jepa.GeoJEPA, batch: object) -> tuple[object, torch.Tensor]:
+        tokens, t = base_targets(self, batch)
+        weight = tokens.valid[..., None].float()
+        count = weight.sum(dim=1, keepdim=True).clamp(min=1.0)
+        mean = (t * weight).sum(dim=1, keepdim=True) / count
+        var = ((t - mean) ** 2 * weight).sum(dim=1, keepdim=True) / count
+        raw["targets"] = t
+        return tokens, torch.where(tokens.valid[..., None], (t - mean) / torch.sqrt(var + eps), 0.0)
+
+    jepa.GeoJEPA.encode_targets = encode_targets
+    jepa.collapse_metrics = lambda x, mask=None: base_metrics(raw.pop("targets", x), mask)
+
+
 def predictor_warmup(steps: int) -> None:
     """Train only the predictor for the first ``steps`` training steps.
 
@@ -228,6 +255,8 @@ def patch(args: argparse.Namespace) -> None:
         tile_variance(args.tile_variance)
     if args.predictor_warmup:
         predictor_warmup(args.predictor_warmup)
+    if args.tile_norm_targets:
+        tile_norm_targets()
     if args.balanced:  # tokens = LN(content) + LN(prior): position as loud as content at init
         base_tokens = tokenizer.Tokenizer.forward
 
@@ -307,6 +336,8 @@ def main() -> None:
                     help="weight of the within-tile / within-block variance hinge")
     ap.add_argument("--predictor-warmup", type=int, default=0,
                     help="steps during which only the predictor trains")
+    ap.add_argument("--tile-norm-targets", action="store_true",
+                    help="standardise each target dimension within its tile")
     ap.add_argument("--box-features", type=int, default=0, help="octaves of centred box features")
     ap.add_argument("--targets", choices=("encoder", "tokens"), default="encoder")
     ap.add_argument("--model", default="{}", help="GeoJEPAConfig overrides as JSON")

@@ -9,12 +9,18 @@ Run by hand from the repository root:
         norms and mean pairwise cosines of the target tokeniser's entity content and
         position/modality prior, and of the layer-normed target tokens, on one batch of 32 tiles,
         trained vs initialisation
+    python benchmarks/probe_collapse_diagnostics.py offset CKPT DATASET
+        how much of the layer-normed target tokens is one direction shared by every token of
+        the batch (32 tiles), and the mean cosine of the tokens within a tile before and after
+        that shared mean is taken out, trained vs initialisation
     python benchmarks/probe_collapse_diagnostics.py predictor CKPT DATASET [--prior-norm]
+        [--tile-norm]
         on one batch of 32 tiles with one seeded area mask, trained vs initialisation: the
         predictor's loss against the loss of predicting every target of a block as the block's
         mean target, the mean pairwise cosine of the predictions within a block and of the
         targets, and the norms of the mask token and of the position part of the queries
-        (``--prior-norm``: the checkpoint was trained with ``probe_collapse.py --prior-norm``)
+        (``--prior-norm``, ``--tile-norm``: the checkpoint was trained with that variant of
+        ``probe_collapse.py``)
     python benchmarks/probe_collapse_diagnostics.py tokeniser DATASET [--gz 14]
         masked max_speed linear-probe MAE of [max, mean]-pooled entity tag vectors after each
         step of the tag encoder: raw sum (TagPool), layer norm, random projections to 384 and 128
@@ -88,6 +94,25 @@ def tokens(path: Path, dataset: Path) -> None:
               f"|prior| {float(prior.norm(dim=1).mean()):.2f} cos(content) {_cosine(content):.3f} "
               f"cos(prior) {_cosine(prior):.3f} cos(targets) {_cosine(targets):.3f} "
               f"std(targets) {float(targets.std(0).mean()):.3f}")
+
+
+def offset(path: Path, dataset: Path) -> None:
+    """Print the shared direction of the target tokens and their within-tile cosines."""
+    ckpt = load_checkpoint(path)
+    batch = _first_batch(ckpt, dataset)
+    for name, model in (("trained", ckpt.model), ("init", random_init(ckpt).model)):
+        with torch.no_grad():
+            tokens, targets = model.encode_targets(batch)
+        valid = tokens.valid
+        rows = targets[valid]
+        shared = rows.mean(0)
+        tile_means = torch.stack([row[ok].mean(0) for row, ok in zip(targets, valid, strict=True)])
+        between = ((tile_means - shared) ** 2).sum(1) @ valid.sum(1).float()
+        print(f"{name}: |shared mean| {float(shared.norm()):.2f} of |token| "
+              f"{float(rows.norm(dim=1).mean()):.2f}; cos(tokens in a tile) "
+              f"{_block_cosine(targets, valid):.3f}, without the shared mean "
+              f"{_block_cosine(targets - shared, valid):.3f}; share of the variance between "
+              f"tiles {float(between / ((rows - shared) ** 2).sum()):.2f}")
 
 
 def _block_cosine(x: torch.Tensor, valid: torch.Tensor) -> float:
@@ -167,10 +192,14 @@ def main() -> None:
     p = sub.add_parser("tokens")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("dataset", type=Path)
+    p = sub.add_parser("offset")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("dataset", type=Path)
     p = sub.add_parser("predictor")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("dataset", type=Path)
     p.add_argument("--prior-norm", action="store_true")
+    p.add_argument("--tile-norm", action="store_true")
     p = sub.add_parser("tokeniser")
     p.add_argument("dataset", type=Path)
     p.add_argument("--gz", type=int, default=14)
@@ -180,11 +209,17 @@ def main() -> None:
         drift(args.checkpoints)
     elif args.what == "tokens":
         tokens(args.checkpoint, args.dataset)
+    elif args.what == "offset":
+        offset(args.checkpoint, args.dataset)
     elif args.what == "predictor":
         if args.prior_norm:
             from probe_collapse import prior_norm
 
             prior_norm()
+        if args.tile_norm:
+            from probe_collapse import tile_norm_targets
+
+            tile_norm_targets()
         predictor(args.checkpoint, args.dataset, args.prior_norm)
     else:
         tokeniser(args.dataset, args.gz)
