@@ -360,7 +360,8 @@ class CollapseMonitor(Callback):
         if cosine < COLLAPSE_COSINE:
             return line
         return (
-            f"{line}: collapsed (cosine >= {COLLAPSE_COSINE}); the embeddings are nearly parallel, so "
-            "cosine search cannot tell tiles apart; check the embedding-health table of "
-            "`geojepa evaluate` (README: 'Embedding quality')"
+            f"{line}: collapsed onto one shared direction (cosine >= {COLLAPSE_COSINE}); raw "
+            "embeddings are nearly parallel, so cosine search cannot tell tiles apart unless they "
+            "are centred first; check the embedding-health table of `geojepa evaluate` (README: "
+            "'Embedding quality')"
         )

@@ -92,6 +92,7 @@ def test_collapse_monitor_report() -> None:
     monitor.cosine.extend([COLLAPSE_COSINE, 1.0, 0.999])
     report = monitor.report()
     assert report is not None and "mean cosine 0.996" in report and "collapsed" in report
+    assert "centred first" in report
 
 
 def test_multimodal_training_on_synthetic_city(city: Path, tmp_path: Path) -> None:
