@@ -102,8 +102,8 @@ def offset(path: Path, dataset: Path) -> None:
     batch = _first_batch(ckpt, dataset)
     for name, model in (("trained", ckpt.model), ("init", random_init(ckpt).model)):
         with torch.no_grad():
-            tokens, targets = model.encode_targets(batch)
-        valid = tokens.valid
+            target_tokens, targets = model.encode_targets(batch)
+        valid = target_tokens.valid
         rows = targets[valid]
         shared = rows.mean(0)
         tile_means = torch.stack([row[ok].mean(0) for row, ok in zip(targets, valid, strict=True)])
