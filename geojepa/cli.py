@@ -199,6 +199,14 @@ def _checkpoint_spec(text: str) -> tuple[str | None, Path]:
     return (name, Path(path)) if sep and name and not Path(text).exists() else (None, Path(text))
 
 
+def _selection_spec(text: str) -> tuple[str, list[str]]:
+    """``NAME=A,B,...``: a model choosing among the checkpoints named A, B, ... on validation."""
+    name, sep, candidates = text.partition("=")
+    if not (sep and name and candidates):
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT_NAME,CHECKPOINT_NAME,..., got {text!r}")
+    return name, candidates.split(",")
+
+
 def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p = sub.add_parser(
         "evaluate", help="probe frozen embeddings on the downstream tasks against baselines",
@@ -219,6 +227,10 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    metavar="[NAME=]CKPT", help="a pretrained checkpoint (repeat for several; "
                    "checkpoints given one NAME are replicates of one setting, e.g. pretraining "
                    "seeds, and their fold scores are averaged)")
+    p.add_argument("--select", action="append", default=[], type=_selection_spec,
+                   metavar="NAME=A,B,...", help="add a model NAME that takes, per task, fold and "
+                   "replicate, whichever of the checkpoints named A, B, ... (e.g. epochs of one "
+                   "run) probes best on the validation rows; the test rows choose nothing")
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("-o", "--out", type=Path, required=True, help="report folder")
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(d.tasks))
@@ -254,7 +266,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                         folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,
                         seed=args.seed)
-    paths = evaluate(named, args.dataset, args.out, config, overwrite=args.overwrite)
+    select = dict(args.select)
+    if len(select) < len(args.select):
+        raise GeoJepaError("two selections have the same NAME")
+    paths = evaluate(named, args.dataset, args.out, config, overwrite=args.overwrite, select=select)
     print(paths["results"].read_text())
     print(f"report written to {args.out}")
     return 0

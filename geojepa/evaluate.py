@@ -11,7 +11,10 @@ method, probes are fitted on the same spatial folds:
 * protocol ``cv``: k folds over spatial groups (zoom-14 tiles by default); fold ``i`` tests on
   group fold ``i``, selects hyper-parameters and stops early on fold ``i + 1``, trains on the rest;
   protocol ``split``: the dataset's stored train/val/test split, one fold (for large datasets);
-* probes: linear (ridge / logistic) and MLP (several seeds); count tasks are fitted in log space.
+* probes: linear (ridge / logistic) and MLP (several seeds); count tasks are fitted in log space;
+* checkpoint selection (optional): a model that takes, per task, fold and replicate, whichever of
+  several checkpoints (e.g. epochs of one run) scored best on the fold's validation rows - the
+  honest form of the paper's best checkpoint per task, which it chose on the test split.
 
 The report states whether pretraining saw the evaluated test tiles' inputs (never their labels),
 from the record each checkpoint keeps of its pretraining tiles.
@@ -144,6 +147,7 @@ def evaluate(
     config: EvalConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    select: dict[str, Sequence[str]] | None = None,
 ) -> dict[str, Path]:
     """Evaluate checkpoints and baselines on a dataset's downstream tasks; write the report.
 
@@ -156,6 +160,8 @@ def evaluate(
         config: Settings.
         overwrite: Replace an existing report folder.
         progress: Show progress.
+        select: New model name -> names of ``checkpoints`` to choose from on validation (see
+            :func:`select_on_validation`); the candidates must have as many replicates each.
 
     Returns:
         The written files by stem (see :func:`geojepa.report.write_report`).
@@ -173,19 +179,73 @@ def evaluate(
         build_tasks(dataset, progress=progress)
     labels = load_labels(dataset).to_pandas()
     loaded = {name: _load_replicates(name, c) for name, c in checkpoints.items()}
+    select = {name: list(candidates) for name, candidates in (select or {}).items()}
+    _check_selections(select, loaded)
     protocol, folds = _folds(ds, labels, config)
     methods = _methods(loaded, ds, config)
     tasks = select_tasks(config.tasks)
     runs, health = _run_all(methods, tasks, labels, folds, dataset, config, progress)
+    table = pd.DataFrame(runs)
+    table = pd.concat([table, *(select_on_validation(table, name, candidates)
+                                for name, candidates in select.items())], ignore_index=True)
     notes = _notes(loaded, ds, labels, folds, protocol, config)
+    notes += [f"{name}: per task, fold and replicate, whichever of {', '.join(candidates)} scored "
+              "best on the fold's validation rows (never its test rows); `selected` in runs.csv "
+              "names it." for name, candidates in select.items()]
     settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
+                "select": select,
                 "checkpoints": {k: [c.path and str(c.path.resolve()) for c in cs]
                                 for k, cs in loaded.items()}}
     title = f"GeoJEPA downstream evaluation: {dataset.name} (zoom {ds.manifest.zoom}, {len(labels)} tiles)"
     with atomic_folder(out, overwrite) as tmp:
-        write_report(pd.DataFrame(runs), tmp, title, notes, settings,
+        write_report(table, tmp, title, notes, settings,
                      pd.DataFrame(health) if health else None)
     return {p.stem: out / p.name for p in out.iterdir()}
+
+
+SELECTION_KEYS = ["task", "variant", "probe", "fold", "replicate"]
+
+
+def select_on_validation(runs: pd.DataFrame, name: str, candidates: Sequence[str]) -> pd.DataFrame:
+    """The runs of a model that picks one of several checkpoints on the validation rows.
+
+    Per task, input variant, probe, fold and pretraining replicate, it takes the candidate whose
+    probe has the lowest validation score (mean over the MLP seeds; ties go to the earlier
+    candidate) and copies that candidate's runs, test scores included. The test rows choose
+    nothing, as they choose no probe setting.
+
+    Args:
+        runs: Probe runs (the rows of ``runs.csv``) that include the candidates' runs.
+        name: Method name of the selected model.
+        candidates: Model names in ``runs`` to choose from, in order of preference on ties.
+
+    Returns:
+        The chosen runs, renamed ``name``; ``selected`` starts with the chosen candidate.
+    """
+    rows = runs[runs["method"].isin(candidates) & (runs["role"] == "model")]
+    val = rows.groupby([*SELECTION_KEYS, "method"], as_index=False)["val_metric"].mean()
+    val["order"] = val["method"].map(list(candidates).index)
+    val = val.sort_values([*SELECTION_KEYS, "order"], kind="stable")
+    best = val.loc[val.groupby(SELECTION_KEYS, sort=False)["val_metric"].idxmin(),
+                   [*SELECTION_KEYS, "method"]]
+    chosen = rows.merge(best, on=[*SELECTION_KEYS, "method"])
+    chosen = chosen.assign(selected=chosen["method"] + "; " + chosen["selected"].astype(str),
+                           method=name)
+    return chosen[list(runs.columns)]
+
+
+def _check_selections(select: dict[str, list[str]], loaded: dict[str, list[Checkpoint]]) -> None:
+    """Reject selections whose name is taken or whose candidates are unknown or unmatched."""
+    for name, candidates in select.items():
+        if name in loaded:
+            raise GeoJepaError(f"selection {name!r} has the name of a checkpoint; give it another")
+        unknown = [c for c in candidates if c not in loaded]
+        if unknown or len(candidates) < 2:
+            raise GeoJepaError(f"selection {name!r} needs two or more of the checkpoint names "
+                               f"{', '.join(loaded) or '(none given)'}; got {', '.join(candidates)}")
+        if len({len(loaded[c]) for c in candidates}) > 1:
+            raise GeoJepaError(f"the candidates of selection {name!r} have different numbers of "
+                               "replicates")
 
 
 def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[str, list[Fold]]:

@@ -14,7 +14,7 @@ from geojepa.dataset.manifest import seen_by
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint
 from geojepa.errors import GeoJepaError
-from geojepa.evaluate import EvalConfig, evaluate
+from geojepa.evaluate import EvalConfig, evaluate, select_on_validation
 from geojepa.features import random_init
 from geojepa.prepare import PrepareConfig, prepare
 from geojepa.probes import grouped_folds
@@ -275,3 +275,44 @@ def test_dummy_only_evaluation_writes_no_health_table(helsinki: Path, tmp_path: 
     config = EvalConfig(tasks=("building_count",), folds=3, group_zoom=16, baselines=("dummy",))
     files = evaluate({}, helsinki, tmp_path / "r", config, progress=False)
     assert "health" not in files and "Embedding health" not in files["results"].read_text()
+
+
+def test_selection_takes_the_best_validation_score_not_the_best_test_score() -> None:
+    rows = []
+    for fold, (a_val, b_val) in enumerate(((1.0, 2.0), (3.0, 2.0), (2.0, 2.0))):
+        for method, val, test in (("a", a_val, 10.0), ("b", b_val, 0.0), ("TagPool", 0.0, 5.0)):
+            for seed, noise in ((0, -0.5), (1, 0.5)):  # MLP seeds: their mean is compared
+                rows.append({"task": "t", "variant": "masked", "probe": "mlp", "fold": fold,
+                             "replicate": 0, "seed": seed, "method": method,
+                             "role": "baseline" if method == "TagPool" else "model",
+                             "val_metric": val + noise, "metric": test, "selected": "epochs=3"})
+    runs = pd.DataFrame(rows)
+    chosen = select_on_validation(runs, "best", ["a", "b"])
+    assert list(chosen.columns) == list(runs.columns) and len(chosen) == 6
+    assert set(chosen["method"]) == {"best"} and set(chosen["role"]) == {"model"}
+    # Fold 0: a validates better (its test score is worse); fold 1: b; fold 2: a tie -> a.
+    picked = chosen.groupby("fold")["selected"].first().str.split(";").str[0].tolist()
+    assert picked == ["a", "b", "a"]
+    assert chosen.groupby("fold")["metric"].first().tolist() == [10.0, 0.0, 10.0]
+    assert chosen["selected"].str.endswith("; epochs=3").all()
+
+
+def test_selection_of_two_checkpoints_is_reported_as_a_model(
+    helsinki: Path, checkpoint: Path, seeded: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "--folds", "3",
+            "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy", "--variants", "masked",
+            "--checkpoint", f"a={checkpoint}", "--checkpoint", f"b={seeded[1]}"]
+    assert main([*base, "-o", str(tmp_path / "r"), "--select", "best=a,b"]) == 0
+    runs = _runs(tmp_path / "r").set_index(["method", "fold"])
+    for fold in range(3):
+        a, b = runs.loc[("a", fold)], runs.loc[("b", fold)]
+        expect = a if a["val_metric"] <= b["val_metric"] else b
+        assert runs.loc[("best", fold), "metric"] == expect["metric"]
+    text = (tmp_path / "r" / "results.md").read_text()
+    assert "| best (linear) |" in text and "whichever of a, b scored best" in text
+    capsys.readouterr()
+    assert main([*base, "-o", str(tmp_path / "s"), "--select", "best=a,c"]) == 2
+    assert "selection 'best' needs two or more of the checkpoint names a, b" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
