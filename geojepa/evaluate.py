@@ -171,6 +171,8 @@ def evaluate(
     """
     config = config or EvalConfig()
     config.validate()
+    select = {name: list(candidates) for name, candidates in (select or {}).items()}
+    _check_selections(select, checkpoints)
     dataset, out = Path(dataset), Path(out)
     if out.exists() and not overwrite:
         raise GeoJepaError("output exists; pass --overwrite to replace it", out)
@@ -179,8 +181,6 @@ def evaluate(
         build_tasks(dataset, progress=progress)
     labels = load_labels(dataset).to_pandas()
     loaded = {name: _load_replicates(name, c) for name, c in checkpoints.items()}
-    select = {name: list(candidates) for name, candidates in (select or {}).items()}
-    _check_selections(select, loaded)
     protocol, folds = _folds(ds, labels, config)
     methods = _methods(loaded, ds, config)
     tasks = select_tasks(config.tasks)
@@ -225,25 +225,27 @@ def select_on_validation(runs: pd.DataFrame, name: str, candidates: Sequence[str
     rows = runs[runs["method"].isin(candidates) & (runs["role"] == "model")]
     val = rows.groupby([*SELECTION_KEYS, "method"], as_index=False)["val_metric"].mean()
     val["order"] = val["method"].map(list(candidates).index)
-    val = val.sort_values([*SELECTION_KEYS, "order"], kind="stable")
-    best = val.loc[val.groupby(SELECTION_KEYS, sort=False)["val_metric"].idxmin(),
-                   [*SELECTION_KEYS, "method"]]
+    best = (val.sort_values([*SELECTION_KEYS, "val_metric", "order"])
+            .drop_duplicates(SELECTION_KEYS)[[*SELECTION_KEYS, "method"]])
     chosen = rows.merge(best, on=[*SELECTION_KEYS, "method"])
     chosen = chosen.assign(selected=chosen["method"] + "; " + chosen["selected"].astype(str),
                            method=name)
     return chosen[list(runs.columns)]
 
 
-def _check_selections(select: dict[str, list[str]], loaded: dict[str, list[Checkpoint]]) -> None:
-    """Reject selections whose name is taken or whose candidates are unknown or unmatched."""
+def _check_selections(
+    select: dict[str, list[str]], checkpoints: dict[str, CheckpointLike | Sequence[CheckpointLike]],
+) -> None:
+    """Reject selections whose name is taken or whose candidates are unknown or unmatched, before
+    any checkpoint is loaded or task built."""
     for name, candidates in select.items():
-        if name in loaded:
+        if name in checkpoints:
             raise GeoJepaError(f"selection {name!r} has the name of a checkpoint; give it another")
-        unknown = [c for c in candidates if c not in loaded]
+        unknown = [c for c in candidates if c not in checkpoints]
         if unknown or len(candidates) < 2:
             raise GeoJepaError(f"selection {name!r} needs two or more of the checkpoint names "
-                               f"{', '.join(loaded) or '(none given)'}; got {', '.join(candidates)}")
-        if len({len(loaded[c]) for c in candidates}) > 1:
+                               f"{', '.join(checkpoints) or '(none given)'}; got {', '.join(candidates)}")
+        if len({len(_replicates(checkpoints[c])) for c in candidates}) > 1:
             raise GeoJepaError(f"the candidates of selection {name!r} have different numbers of "
                                "replicates")
 
@@ -269,9 +271,14 @@ def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[s
         raise GeoJepaError(f"{err} (zoom-{gz} groups)", ds.folder) from err
 
 
+def _replicates(given: CheckpointLike | Sequence[CheckpointLike]) -> list[CheckpointLike]:
+    """One method's checkpoints as a list: one checkpoint, or its replicates."""
+    return [given] if isinstance(given, (str, Path, Checkpoint)) else list(given)
+
+
 def _load_replicates(name: str, given: CheckpointLike | Sequence[CheckpointLike]) -> list[Checkpoint]:
     """Load one method's checkpoints; replicates must share the model settings."""
-    items = [given] if isinstance(given, (str, Path, Checkpoint)) else list(given)
+    items = _replicates(given)
     if not items:
         raise GeoJepaError(f"no checkpoint given for {name!r}")
     loaded = [c if isinstance(c, Checkpoint) else load_checkpoint(c) for c in items]
