@@ -247,6 +247,8 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--no-log-counts", dest="log_counts", action="store_false",
                    help="fit count tasks on the raw counts instead of log1p")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the folds and the MLP probes")
+    p.add_argument("--layers", type=int, default=d.layers, help="tile embeddings pool the "
+                   f"encoder's last LAYERS blocks (multi-layer probing; default {d.layers})")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -265,7 +267,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     config = EvalConfig(tasks=tuple(args.tasks), variants=tuple(args.variants), protocol=args.protocol,
                         folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,
-                        seed=args.seed)
+                        seed=args.seed, layers=args.layers)
     select = dict(args.select)
     if len(select) < len(args.select):
         raise GeoJepaError("two selections have the same NAME")

@@ -89,7 +89,7 @@ class Embeddings:
 
     Attributes:
         tiles: ``[T, 3]`` z, x, y.
-        tile: ``[T, 2d]`` tile embeddings.
+        tile: ``[T, 2d]`` tile embeddings (``[T, 2 * layers * d]`` with ``layers``).
         entity_tile: ``[E]`` row in ``tiles`` of each entity.
         entity_index: ``[E]`` position of the entity in its tile (the dataset's stored order).
         entity: ``[E, d]`` entity embeddings.
@@ -131,6 +131,7 @@ def iter_embeddings(
     tokens: bool = True,
     progress: bool = True,
     image_only: bool = False,
+    layers: int = 1,
 ) -> Iterator[Embeddings]:
     """Embed a dataset batch by batch, in stored tile order.
 
@@ -144,6 +145,8 @@ def iter_embeddings(
         progress: Show a progress bar.
         image_only: Hide every entity, so tiles are embedded from their image patches alone
             (the image-only baseline of a model that uses images).
+        layers: Pool the outputs of the encoder's last ``layers`` blocks into the tile
+            embedding (``2 * layers * d`` numbers; see :meth:`GeoJEPA.embed`).
 
     Yields:
         One :class:`Embeddings` per batch.
@@ -159,6 +162,9 @@ def iter_embeddings(
         raise GeoJepaError("the model uses images (I) but the dataset has no imagery", dataset)
     if image_only and not config.uses_images:
         raise GeoJepaError("image-only embeddings need a model that uses images (I)")
+    if not 1 <= layers <= config.depth:
+        raise GeoJepaError(f"layers must be between 1 and the model's depth {config.depth}, "
+                           f"got {layers}", checkpoint.path)
     entities_first = bool(set(config.modalities) & {"G", "T"})
     bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    disable=not progress)
@@ -168,7 +174,7 @@ def iter_embeddings(
             batch = batch.to(device)
             if image_only:
                 batch = replace(batch, valid=torch.zeros_like(batch.valid))
-            tok, valid, tile_emb = model.embed(batch)
+            tok, valid, tile_emb = model.embed(batch, layers)
             yield _split_tokens(batch, tok, valid, tile_emb, entities_first, tokens)
             bar.advance(task, batch.size)
 
@@ -207,10 +213,12 @@ def embed_dataset(
     tokens: bool = True,
     progress: bool = True,
     image_only: bool = False,
+    layers: int = 1,
 ) -> Embeddings:
     """Embed a whole dataset (or some splits) into memory; see :func:`iter_embeddings`."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    parts = list(iter_embeddings(ckpt, dataset, splits, batch_size, tokens, progress, image_only))
+    parts = list(iter_embeddings(ckpt, dataset, splits, batch_size, tokens, progress, image_only,
+                                 layers))
     if not parts:
         raise GeoJepaError("no tiles to embed", dataset)
     return Embeddings.concat(parts)

@@ -86,6 +86,8 @@ class EvalConfig:
         seed: Seed of the folds and of the MLP probes (the random-init baseline is each
             checkpoint's own initialisation, from its training seed).
         batch_size: Tiles per forward pass when embedding.
+        layers: Tile embeddings pool the outputs of the encoder's last ``layers`` blocks (1:
+            the last block only, SPEC section 4), for every model and untrained twin alike.
     """
 
     tasks: tuple[str, ...] = tuple(TASKS)
@@ -101,6 +103,7 @@ class EvalConfig:
     tag_count_vocab: int = 2000
     seed: int = 0
     batch_size: int = 64
+    layers: int = 1
 
     def validate(self) -> None:
         """Reject unknown names and impossible numbers.
@@ -119,6 +122,8 @@ class EvalConfig:
             raise GeoJepaError(f"protocol must be auto, cv or split, got {self.protocol!r}")
         if self.folds < 3 or self.seeds < 1:
             raise GeoJepaError("need at least 3 folds and 1 seed")
+        if self.layers < 1:
+            raise GeoJepaError(f"layers must be at least 1, got {self.layers}")
 
 
 @dataclass
@@ -181,6 +186,10 @@ def evaluate(
         build_tasks(dataset, progress=progress)
     labels = load_labels(dataset).to_pandas()
     loaded = {name: _load_replicates(name, c) for name, c in checkpoints.items()}
+    for cs in loaded.values():
+        if config.layers > cs[0].config.depth:
+            raise GeoJepaError(f"layers {config.layers} exceeds the model's depth "
+                               f"{cs[0].config.depth}", cs[0].path)
     protocol, folds = _folds(ds, labels, config)
     methods = _methods(loaded, ds, config)
     tasks = select_tasks(config.tasks)
@@ -293,7 +302,7 @@ def _methods(loaded: dict[str, list[Checkpoint]], ds: TileDataset, config: EvalC
     vocab = ds.vocabulary().column("tag").to_pylist()
 
     def features(ckpt: Checkpoint, image_only: bool = False) -> Callable[[Path], NDArray[np.float32]]:
-        return lambda d: model_features(ckpt, d, image_only, config.batch_size)
+        return lambda d: model_features(ckpt, d, image_only, config.batch_size, config.layers)
 
     methods = [Method(name, "model", features(c), r)
                for name, cs in loaded.items() for r, c in enumerate(cs)]
@@ -441,6 +450,9 @@ def _notes(
     if "mlp" in config.probes:
         notes.append(f"MLP probe: 512 hidden, GELU, AdamW, early stopping on validation; "
                      f"{config.seeds} seeds per fold (cells average them).")
+    if config.layers > 1:
+        notes.append(f"Tile embeddings (of every model and random-init twin) pool the outputs of "
+                     f"the encoder's last {config.layers} blocks, not only the last (SPEC: 1).")
     if config.log_counts:
         notes.append("Count tasks (building_count, traffic_signals) are fitted in log space; "
                      "predictions are clamped to the training label range.")

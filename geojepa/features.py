@@ -28,11 +28,12 @@ from geojepa.model.text import tag_embedding_table
 
 
 def model_features(
-    checkpoint: Checkpoint, dataset: Path, image_only: bool = False, batch_size: int = 64
+    checkpoint: Checkpoint, dataset: Path, image_only: bool = False, batch_size: int = 64,
+    layers: int = 1,
 ) -> NDArray[np.float32]:
-    """Tile embeddings of a model, ``[T, 2d]``."""
+    """Tile embeddings of a model, ``[T, 2 * layers * d]`` (see :func:`embed_dataset`)."""
     return embed_dataset(checkpoint, dataset, batch_size=batch_size, tokens=False, progress=False,
-                         image_only=image_only).tile
+                         image_only=image_only, layers=layers).tile
 
 
 def tag_pool_features(dataset: Path, vocab: list[str], table_folder: Path) -> NDArray[np.float32]:

@@ -316,3 +316,20 @@ def test_selection_of_two_checkpoints_is_reported_as_a_model(
     assert main([*base, "-o", str(tmp_path / "s"), "--select", "best=a,c"]) == 2
     assert "selection 'best' needs two or more of the checkpoint names a, b" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_cli_multi_layer_probing_widens_every_model_feature(
+    helsinki: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "--folds", "3",
+            "--group-zoom", "16", "--probes", "linear", "--variants", "masked",
+            "--baselines", "random", "tagpool", "--checkpoint", f"m={checkpoint}"]
+    assert main([*base, "-o", str(tmp_path / "r"), "--layers", "2"]) == 0
+    dims = pd.read_csv(tmp_path / "r" / "health.csv").set_index("method")["dims"]
+    width = 2 * 2 * TINY["d"]  # [max | mean] of each of the last two blocks
+    assert dims["m"] == width and dims["m random init"] == width and dims["TagPool"] == 2 * 384
+    assert "last 2 blocks" in (tmp_path / "r" / "results.md").read_text()
+    capsys.readouterr()
+    assert main([*base, "-o", str(tmp_path / "s"), "--layers", "3"]) == 2
+    assert "layers 3 exceeds the model's depth 2" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

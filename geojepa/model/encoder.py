@@ -144,22 +144,33 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+    def forward(self, x: Tensor, valid: Tensor, layers: int = 1) -> Tensor:
         """Encode token sets.
 
         Args:
             x: ``Float[R, M, D]`` padded token sets.
             valid: ``Bool[R, M]``, the real tokens.
+            layers: How many of the last blocks' outputs to return, each through the final
+                LayerNorm, concatenated along the features (earliest first, the last block's
+                output last).
 
         Returns:
-            ``Float[R, M, D]``, zeros at padding.
+            ``Float[R, M, layers * D]``, zeros at padding.
+
+        Raises:
+            ValueError: If ``layers`` is not between 1 and the depth.
         """
+        if not 1 <= layers <= len(self.blocks):
+            raise ValueError(f"layers must be between 1 and the depth {len(self.blocks)}, got {layers}")
         layout = TokenLayout(valid)
         h = layout.pack(x).to(self.norm.weight.dtype)  # full-precision residual stream
         recompute = self.checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
+        outputs = []
+        for depth, block in enumerate(self.blocks, start=1):
             h = checkpoint(block, h, layout, use_reentrant=False) if recompute else block(h, layout)
-        return layout.unpack(self.norm(h))
+            if depth > len(self.blocks) - layers:
+                outputs.append(self.norm(h))
+        return layout.unpack(torch.cat(outputs, dim=-1))
 
 
 class SetEncoder(nn.Module):
@@ -193,15 +204,17 @@ class SetEncoder(nn.Module):
         nn.init.trunc_normal_(self.register_tokens, std=0.02)
         self.transformer = Transformer(dim, depth, heads, mlp_ratio, dropout, checkpointing)
 
-    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+    def forward(self, x: Tensor, valid: Tensor, layers: int = 1) -> Tensor:
         """Encode token sets.
 
         Args:
             x: ``Float[R, M, d]`` padded tokens (tokeniser output, priors added).
             valid: ``Bool[R, M]``, the real tokens.
+            layers: Outputs of the last ``layers`` blocks, concatenated (see
+                :meth:`Transformer.forward`).
 
         Returns:
-            ``Float[R, M, d]`` token embeddings, zeros at padding.
+            ``Float[R, M, layers * d]`` token embeddings, zeros at padding.
         """
         count = self.register_tokens.shape[0]
         if count:
@@ -209,7 +222,7 @@ class SetEncoder(nn.Module):
             registers = self.register_tokens.to(x.dtype).expand(rows, count, -1)
             x = torch.cat([registers, x], dim=1)
             valid = torch.cat([valid.new_ones(rows, count), valid], dim=1)
-        return self.transformer(x, valid)[:, count:]
+        return self.transformer(x, valid, layers)[:, count:]
 
 
 class Predictor(nn.Module):

@@ -500,25 +500,31 @@ class GeoJEPA(nn.Module):
         return loss, logs
 
     @torch.no_grad()
-    def embed(self, batch: TileBatch) -> tuple[Tensor, Tensor, Tensor]:
+    def embed(self, batch: TileBatch, layers: int = 1) -> tuple[Tensor, Tensor, Tensor]:
         """Token and tile embeddings from the target encoder on the full token sets.
 
         Args:
             batch: The tiles.
+            layers: Pool the outputs of the encoder's last ``layers`` blocks (each through its
+                final LayerNorm) into the tile embedding, as in multi-layer linear probing;
+                1 (the default, SPEC section 4) pools the last block only. Token embeddings are
+                always the last block's.
 
         Returns:
             ``tokens`` ``Float[B, L, d]`` (zeros at padding), ``valid`` ``Bool[B, L]`` and
-            ``tiles`` ``Float[B, 2d]``: [max, mean] over each tile's real tokens only (zeros
-            for a tile without tokens), so a tile's embedding never depends on its batch-mates.
+            ``tiles`` ``Float[B, 2 * layers * d]``: [max, mean] over each tile's real tokens
+            only (zeros for a tile without tokens), so a tile's embedding never depends on its
+            batch-mates.
 
         Raises:
             GeoJepaError: If images are on and the batch has no imagery.
+            ValueError: If ``layers`` is not between 1 and the encoder depth.
         """
         tokens = self.target.tokenizer(batch)
-        h = self.target.encoder(tokens.x, tokens.valid).float()
+        h = self.target.encoder(tokens.x, tokens.valid, layers).float()
         valid = tokens.valid
         count = valid.sum(dim=1, keepdim=True)
         top = h.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
         top = top.masked_fill(count == 0, 0.0)
         mean = h.masked_fill(~valid[..., None], 0.0).sum(dim=1) / count.clamp(min=1)
-        return h, valid, torch.cat([top, mean], dim=-1)
+        return h[..., -self.config.d:], valid, torch.cat([top, mean], dim=-1)

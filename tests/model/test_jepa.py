@@ -117,6 +117,29 @@ def test_embedding_pools_real_tokens_only() -> None:
     assert (tokens[~valid] == 0).all()
 
 
+def test_multi_layer_embedding_pools_each_of_the_last_blocks() -> None:
+    model = make_model("GT", depth=3)
+    batch = random_batch(counts=(4, 0, 10))
+    tokens, valid, tiles = model.embed(batch)
+    deep_tokens, deep_valid, deep = model.embed(batch, layers=3)
+    assert deep.shape == (3, 2 * 3 * 32)
+    assert torch.equal(deep_valid, valid) and torch.allclose(deep_tokens, tokens, atol=1e-6)
+    top, mean = deep.view(3, 2, 3, 32).unbind(dim=1)  # [max | mean], each earliest block first
+    assert torch.allclose(top[:, -1], tiles[:, :32], atol=1e-6)
+    assert torch.allclose(mean[:, -1], tiles[:, 32:], atol=1e-6)
+    assert (deep[1] == 0).all()
+    # the first block's pooled output is the pooled tokens of a one-block encoder
+    blocks = model.target.encoder.transformer.blocks
+    model.target.encoder.transformer.blocks = blocks[:1]
+    shallow = model.embed(batch)[2]
+    assert torch.allclose(top[:, 0], shallow[:, :32], atol=1e-5)
+    assert not torch.allclose(top[:, 0], top[:, -1], atol=1e-2)
+    model.target.encoder.transformer.blocks = blocks
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="layers must be between 1 and the depth 3"):
+            model.embed(batch, layers=bad)
+
+
 def test_target_gets_no_gradients_and_ema_moves_it() -> None:
     model = make_model("GT").train()
     loss, _ = model.forward_loss(random_batch(), torch.Generator().manual_seed(0))
