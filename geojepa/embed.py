@@ -123,6 +123,18 @@ class Embeddings:
         )
 
 
+def check_layers(checkpoint: Checkpoint, layers: int) -> None:
+    """Check that a model has at least ``layers`` encoder blocks to pool.
+
+    Raises:
+        GeoJepaError: If ``layers`` is not between 1 and the model's depth.
+    """
+    depth = checkpoint.config.depth
+    if not 1 <= layers <= depth:
+        raise GeoJepaError(f"layers must be between 1 and the model's depth {depth}, got {layers}",
+                           checkpoint.path)
+
+
 def iter_embeddings(
     checkpoint: Checkpoint,
     dataset: str | Path,
@@ -162,9 +174,7 @@ def iter_embeddings(
         raise GeoJepaError("the model uses images (I) but the dataset has no imagery", dataset)
     if image_only and not config.uses_images:
         raise GeoJepaError("image-only embeddings need a model that uses images (I)")
-    if not 1 <= layers <= config.depth:
-        raise GeoJepaError(f"layers must be between 1 and the model's depth {config.depth}, "
-                           f"got {layers}", checkpoint.path)
+    check_layers(checkpoint, layers)
     entities_first = bool(set(config.modalities) & {"G", "T"})
     bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    disable=not progress)

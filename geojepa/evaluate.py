@@ -38,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from geojepa.atomic import atomic_folder
 from geojepa.dataset.manifest import seen_by
 from geojepa.dataset.reader import TileDataset
-from geojepa.embed import Checkpoint, load_checkpoint
+from geojepa.embed import Checkpoint, check_layers, load_checkpoint
 from geojepa.errors import GeoJepaError
 from geojepa.features import (
     embedding_health,
@@ -187,9 +187,7 @@ def evaluate(
     labels = load_labels(dataset).to_pandas()
     loaded = {name: _load_replicates(name, c) for name, c in checkpoints.items()}
     for cs in loaded.values():
-        if config.layers > cs[0].config.depth:
-            raise GeoJepaError(f"layers {config.layers} exceeds the model's depth "
-                               f"{cs[0].config.depth}", cs[0].path)
+        check_layers(cs[0], config.layers)  # replicates share their settings
     protocol, folds = _folds(ds, labels, config)
     methods = _methods(loaded, ds, config)
     tasks = select_tasks(config.tasks)

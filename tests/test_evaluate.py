@@ -331,5 +331,5 @@ def test_cli_multi_layer_probing_widens_every_model_feature(
     assert "last 2 blocks" in (tmp_path / "r" / "results.md").read_text()
     capsys.readouterr()
     assert main([*base, "-o", str(tmp_path / "s"), "--layers", "3"]) == 2
-    assert "layers 3 exceeds the model's depth 2" in capsys.readouterr().err
+    assert "layers must be between 1 and the model's depth 2, got 3" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
