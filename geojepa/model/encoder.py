@@ -161,7 +161,8 @@ class Transformer(nn.Module):
             ValueError: If ``layers`` is not between 1 and the depth.
         """
         if not 1 <= layers <= len(self.blocks):
-            raise ValueError(f"layers must be between 1 and the depth {len(self.blocks)}, got {layers}")
+            raise ValueError(
+                f"layers must be between 1 and the depth {len(self.blocks)}, got {layers}")
         layout = TokenLayout(valid)
         h = layout.pack(x).to(self.norm.weight.dtype)  # full-precision residual stream
         recompute = self.checkpointing and self.training and torch.is_grad_enabled()
@@ -170,7 +171,8 @@ class Transformer(nn.Module):
             h = checkpoint(block, h, layout, use_reentrant=False) if recompute else block(h, layout)
             if depth > len(self.blocks) - layers:
                 outputs.append(self.norm(h))
-        return layout.unpack(torch.cat(outputs, dim=-1))
+        out = torch.cat(outputs, dim=-1) if layers > 1 else outputs[0]  # no copy for one layer
+        return layout.unpack(out)
 
 
 class SetEncoder(nn.Module):
