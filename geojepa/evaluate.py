@@ -182,12 +182,12 @@ def evaluate(
     if out.exists() and not overwrite:
         raise GeoJepaError("output exists; pass --overwrite to replace it", out)
     ds = TileDataset(dataset)
-    if not (tasks_folder(dataset) / LABELS_NAME).is_file():
-        build_tasks(dataset, progress=progress)
-    labels = load_labels(dataset).to_pandas()
     loaded = {name: _load_replicates(name, c) for name, c in checkpoints.items()}
     for cs in loaded.values():
         check_layers(cs[0], config.layers)  # replicates share their settings
+    if not (tasks_folder(dataset) / LABELS_NAME).is_file():
+        build_tasks(dataset, progress=progress)
+    labels = load_labels(dataset).to_pandas()
     protocol, folds = _folds(ds, labels, config)
     methods = _methods(loaded, ds, config)
     tasks = select_tasks(config.tasks)
