@@ -115,14 +115,20 @@ def city(
     return report
 
 
+def tags_city(src: Path, ds: Path, size_km: float, seed: int, log: list[str]) -> None:
+    """Generate a synthetic city into ``src`` and prepare it, without imagery, into ``ds``."""
+    run(["synth", str(src), "--size-km", str(size_km), "--seed", str(seed), "-q"], log)
+    run(["prepare", str(src / "synthetic_city.osm.pbf"), "-o", str(ds), "--zoom", "17",
+         "--overwrite"], log)
+
+
 def city_tags(
     work: Path, epochs: int, size_km: float, seeds: int, models: list[str], extra: list[str],
     log: list[str],
 ) -> Path:
     """A larger synthetic city without imagery: models without images (T, GT), linear probes."""
-    src, ds, report = work / "city_t_src", work / "city_t17", work / "report_city_t"
-    run(["synth", str(src), "--size-km", str(size_km), "--seed", "3", "-q"], log)
-    run(["prepare", str(src / "synthetic_city.osm.pbf"), "-o", str(ds), "--zoom", "17", "--overwrite"], log)
+    ds, report = work / "city_t17", work / "report_city_t"
+    tags_city(work / "city_t_src", ds, size_km, 3, log)
     run(["tasks", str(ds), "--overwrite"], log)
     checkpoints = []
     for modalities in models:
@@ -145,11 +151,8 @@ def city_scale(work: Path, epochs: int, seeds: int, extra: list[str], log: list[
     and for ``epochs``; the 16 km city for ``epochs / 4`` (the samples of the long 8 km run)."""
     datasets = {}
     for size_km, city_seed in SCALE_CITIES.items():
-        src, ds = work / f"scale{size_km:g}_src", work / f"scale{size_km:g}"
-        run(["synth", str(src), "--size-km", str(size_km), "--seed", str(city_seed), "-q"], log)
-        run(["prepare", str(src / "synthetic_city.osm.pbf"), "-o", str(ds), "--zoom", "17",
-             "--overwrite"], log)
-        datasets[size_km] = ds
+        datasets[size_km] = work / f"scale{size_km:g}"
+        tags_city(work / f"scale{size_km:g}_src", datasets[size_km], size_km, city_seed, log)
     run(["tasks", str(datasets[4.0]), "--overwrite"], log)
     short = max(1, epochs // 4)
     arms = [(4.0, epochs), (8.0, short), (8.0, epochs), (16.0, short)]
