@@ -13,7 +13,7 @@ reports. Run by hand from the repository root (venv active):
         --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_seeds.md
     python benchmarks/bench_evaluate.py --regions city_scale --pretrain-seeds 4 \
         --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_scale.md
-    python benchmarks/bench_evaluate.py --regions city_base --pretrain-seeds 3 --epochs-base 3 \
+    python benchmarks/bench_evaluate.py --regions city_base --pretrain-seeds 2 --epochs-base 3 \
         --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_base.md
 
 ``--pretrain-seeds N`` pretrains every model N times (training seeds 0..N-1) and evaluates the
@@ -74,16 +74,25 @@ def run(args: list[str], log: list[str]) -> float:
     return took
 
 
-def pretrain(
-    ds: Path, out: Path, name: str, seeds: int, flags: list[str], log: list[str]
-) -> list[str]:
-    """Pretrain one setting with training seeds ``0..seeds-1``; return the ``--checkpoint`` flags
-    that evaluate the runs as replicates of ``name``."""
-    checkpoints = []
+def pretrain_runs(ds: Path, out: Path, seeds: int, flags: list[str], log: list[str]) -> list[Path]:
+    """Pretrain one setting with training seeds ``0..seeds-1`` (``out``, or ``out_sS`` for
+    several); return the run folders."""
+    run_dirs = []
     for seed in range(seeds):
         run_dir = out if seeds == 1 else out.with_name(f"{out.name}_s{seed}")
         shutil.rmtree(run_dir, ignore_errors=True)
-        run(["pretrain", str(ds), "-o", str(run_dir), *flags, *PRETRAIN, "--seed", str(seed)], log)
+        run(["pretrain", str(ds), "-o", str(run_dir), *flags, "--seed", str(seed)], log)
+        run_dirs.append(run_dir)
+    return run_dirs
+
+
+def pretrain(
+    ds: Path, out: Path, name: str, seeds: int, flags: list[str], log: list[str]
+) -> list[str]:
+    """Pretrain one setting with the ``PRETRAIN`` flags; return the ``--checkpoint`` flags that
+    evaluate the runs as replicates of ``name``."""
+    checkpoints = []
+    for run_dir in pretrain_runs(ds, out, seeds, [*flags, *PRETRAIN], log):
         checkpoints += ["--checkpoint", f"{name}={run_dir / 'checkpoints' / 'last.ckpt'}"]
     return checkpoints
 
@@ -189,11 +198,8 @@ def city_base(work: Path, epochs: int, seeds: int, extra: list[str], log: list[s
     tags_city(work / "scale8_src", large, 8.0, SCALE_CITIES[8.0], log)
     run(["tasks", str(small), "--overwrite"], log)
     checkpoints = []
-    for seed in range(seeds):
-        run_dir = work / f"base8_s{seed}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run(["pretrain", str(large), "-o", str(run_dir), "--epochs", str(epochs), *BASE_PRETRAIN,
-             "--seed", str(seed)], log)
+    flags = ["--epochs", str(epochs), *BASE_PRETRAIN]
+    for run_dir in pretrain_runs(large, work / "base8", seeds, flags, log):
         for epoch in range(epochs):
             ckpt = run_dir / "checkpoints" / f"epoch{epoch:03d}.ckpt"
             checkpoints += ["--checkpoint", f"base-e{epoch + 1}={ckpt}"]
@@ -257,7 +263,8 @@ def main() -> None:
         (f"Command: `python benchmarks/bench_evaluate.py --regions {' '.join(args.regions)} "
          f"--epochs-helsinki {args.epochs_helsinki} --epochs-city {args.epochs_city} --size-km "
          f"{args.size_km:g} --epochs-city-tags {args.epochs_city_tags} --size-km-tags "
-         f"{args.size_km_tags:g} --tags-models {' '.join(args.tags_models)} --pretrain-seeds "
+         f"{args.size_km_tags:g} --tags-models {' '.join(args.tags_models)} --epochs-base "
+         f"{args.epochs_base} --pretrain-seeds "
          f"{args.pretrain_seeds} {' '.join(extra)}`  "),
         (f"Machine: {platform.processor() or platform.machine()}, "
          f"Python {platform.python_version()}, 2 CPU cores, no GPU  "),
