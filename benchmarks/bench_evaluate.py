@@ -15,6 +15,9 @@ reports. Run by hand from the repository root (venv active):
         --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_scale.md
     python benchmarks/bench_evaluate.py --regions city_base --pretrain-seeds 2 --epochs-base 3 \
         --tasks building_count max_speed traffic_signals --out benchmarks/evaluate_city_base.md
+    python benchmarks/bench_evaluate.py --regions helsinki --pretrain-seeds 8 --best-replicate \
+        --tasks building_count max_speed traffic_signals --dest helsinki_8seeds \
+        --out benchmarks/evaluate_helsinki_8seeds.md
 
 ``--pretrain-seeds N`` pretrains every model N times (training seeds 0..N-1) and evaluates the
 runs as replicates of one setting: their fold scores are averaged, and each is compared with its
@@ -227,6 +230,10 @@ def main() -> None:
     parser.add_argument("--pretrain-seeds", type=int, default=1,
                         help="pretraining runs per model, evaluated as replicates")
     parser.add_argument("--tasks", nargs="+", default=None, help="evaluate only these tasks")
+    parser.add_argument("--best-replicate", action="store_true",
+                        help="also report each model's replicate chosen on validation")
+    parser.add_argument("--dest", default=None, help="report folder name under "
+                        "benchmarks/evaluate/ (default: the region, <region>_seeds with seeds)")
     parser.add_argument("--regions", nargs="+",
                         choices=("helsinki", "city", "city_tags", "city_scale", "city_base"),
                         default=["helsinki", "city"])
@@ -234,6 +241,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     extra = [] if args.tasks is None else ["--tasks", *args.tasks]
+    extra += ["--best-replicate"] if args.best_replicate else []
     sections = []
     for region in args.regions:
         log: list[str] = []
@@ -248,7 +256,8 @@ def main() -> None:
         else:
             report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags,
                                args.pretrain_seeds, args.tags_models, extra, log)
-        dest = HERE / "evaluate" / (region if args.pretrain_seeds == 1 else f"{region}_seeds")
+        dest = HERE / "evaluate" / (args.dest or (region if args.pretrain_seeds == 1
+                                                   else f"{region}_seeds"))
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(report, dest)
         body = (dest / "results.md").read_text().replace("\n# ", "\n## ", 1)
@@ -265,7 +274,8 @@ def main() -> None:
          f"{args.size_km:g} --epochs-city-tags {args.epochs_city_tags} --size-km-tags "
          f"{args.size_km_tags:g} --tags-models {' '.join(args.tags_models)} --epochs-base "
          f"{args.epochs_base} --pretrain-seeds "
-         f"{args.pretrain_seeds} {' '.join(extra)}`  "),
+         f"{args.pretrain_seeds} {' '.join(extra)}"
+         f"{f' --dest {args.dest}' if args.dest else ''}`  "),
         (f"Machine: {platform.processor() or platform.machine()}, "
          f"Python {platform.python_version()}, 2 CPU cores, no GPU  "),
         (f"Pretraining: `geojepa pretrain ... {' '.join(PRETRAIN)}`, {args.epochs_helsinki} epochs "

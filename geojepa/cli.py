@@ -249,6 +249,10 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the folds and the MLP probes")
     p.add_argument("--layers", type=int, default=d.layers, help="tile embeddings pool the "
                    f"encoder's last LAYERS blocks (multi-layer probing; default {d.layers})")
+    p.add_argument("--best-replicate", action="store_true",
+                   help="also report, for every checkpoint NAME with several replicates and for "
+                   "its random initialisations, the replicate that probes best on the validation "
+                   "rows, per task, probe and fold")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -267,7 +271,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     config = EvalConfig(tasks=tuple(args.tasks), variants=tuple(args.variants), protocol=args.protocol,
                         folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,
-                        seed=args.seed, layers=args.layers)
+                        seed=args.seed, layers=args.layers, best_replicate=args.best_replicate)
     select = dict(args.select)
     if len(select) < len(args.select):
         raise GeoJepaError("two selections have the same NAME")

@@ -88,6 +88,9 @@ class EvalConfig:
         batch_size: Tiles per forward pass when embedding.
         layers: Tile embeddings pool the outputs of the encoder's last ``layers`` blocks (1:
             the last block only, SPEC section 4), for every model and untrained twin alike.
+        best_replicate: Also report, for every method with several replicates (pretraining
+            runs, and their random initialisations), the replicate chosen per task, probe and
+            fold on the validation rows (see :func:`best_replicate`).
     """
 
     tasks: tuple[str, ...] = tuple(TASKS)
@@ -104,6 +107,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 64
     layers: int = 1
+    best_replicate: bool = False
 
     def validate(self) -> None:
         """Reject unknown names and impossible numbers.
@@ -178,6 +182,8 @@ def evaluate(
     config.validate()
     select = {name: list(candidates) for name, candidates in (select or {}).items()}
     _check_selections(select, checkpoints)
+    if config.best_replicate and not any(len(_replicates(c)) > 1 for c in checkpoints.values()):
+        raise GeoJepaError("best replicate needs a checkpoint name given two or more replicates")
     dataset, out = Path(dataset), Path(out)
     if out.exists() and not overwrite:
         raise GeoJepaError("output exists; pass --overwrite to replace it", out)
@@ -195,10 +201,20 @@ def evaluate(
     table = pd.DataFrame(runs)
     table = pd.concat([table, *(select_on_validation(table, name, candidates)
                                 for name, candidates in select.items())], ignore_index=True)
+    several = _replicated_methods(table) if config.best_replicate else []
+    table = pd.concat([table, *(best_replicate(table, method, f"{method}{BEST_SUFFIX}")
+                                for method in several)], ignore_index=True)
     notes = _notes(loaded, ds, labels, folds, protocol, config)
     notes += [f"{name}: per task, fold and replicate, whichever of {', '.join(candidates)} scored "
               "best on the fold's validation rows (never its test rows); `selected` in runs.csv "
               "names it." for name, candidates in select.items()]
+    if several:
+        notes.append(f"`{BEST_SUFFIX.removeprefix(', ')}`: per task, probe and fold, the one "
+                     "replicate (pretraining run, or the random initialisation of one) whose "
+                     "probe scored best on the fold's validation rows (never its test rows): "
+                     "one model kept out of several, as a user keeps the seed that validates "
+                     "best; compare it with the random initialisations chosen the same way, "
+                     "not with their mean. `selected` in runs.csv names the replicate.")
     settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
                 "select": select,
                 "checkpoints": {k: [c.path and str(c.path.resolve()) for c in cs]
@@ -211,6 +227,19 @@ def evaluate(
 
 
 SELECTION_KEYS = ["task", "variant", "probe", "fold", "replicate"]
+BEST_SUFFIX = ", best replicate"
+"""Appended to a method's name for its replicate chosen on validation."""
+
+
+def _lowest_validation(rows: pd.DataFrame, keys: list[str], choice: str,
+                       order: Sequence[object]) -> pd.DataFrame:
+    """The rows of whichever value of column ``choice`` has the lowest mean validation score
+    (over MLP seeds) per ``keys``; ties go to the value earlier in ``order``."""
+    val = rows.groupby([*keys, choice], as_index=False)["val_metric"].mean()
+    val["order"] = val[choice].map(list(order).index)
+    best = (val.sort_values([*keys, "val_metric", "order"])
+            .drop_duplicates(keys)[[*keys, choice]])
+    return rows.merge(best, on=[*keys, choice])
 
 
 def select_on_validation(runs: pd.DataFrame, name: str, candidates: Sequence[str]) -> pd.DataFrame:
@@ -230,14 +259,43 @@ def select_on_validation(runs: pd.DataFrame, name: str, candidates: Sequence[str
         The chosen runs, renamed ``name``; ``selected`` starts with the chosen candidate.
     """
     rows = runs[runs["method"].isin(candidates) & (runs["role"] == "model")]
-    val = rows.groupby([*SELECTION_KEYS, "method"], as_index=False)["val_metric"].mean()
-    val["order"] = val["method"].map(list(candidates).index)
-    best = (val.sort_values([*SELECTION_KEYS, "val_metric", "order"])
-            .drop_duplicates(SELECTION_KEYS)[[*SELECTION_KEYS, "method"]])
-    chosen = rows.merge(best, on=[*SELECTION_KEYS, "method"])
+    chosen = _lowest_validation(rows, SELECTION_KEYS, "method", candidates)
     chosen = chosen.assign(selected=chosen["method"] + "; " + chosen["selected"].astype(str),
                            method=name)
     return chosen[list(runs.columns)]
+
+
+def best_replicate(runs: pd.DataFrame, method: str, name: str) -> pd.DataFrame:
+    """The runs of one replicate of a method, chosen per task, variant, probe and fold on the
+    validation rows.
+
+    A replicate is one pretraining run (or the random initialisation of one); keeping the run
+    whose probe validates best is what a user with several seeds does. The replicate with the
+    lowest validation score (mean over the MLP seeds; ties go to the lower replicate) gives its
+    runs, test scores included; the test rows choose nothing.
+
+    Args:
+        runs: Probe runs (the rows of ``runs.csv``) that include the method's replicates.
+        method: Method whose replicates to choose from; the chosen runs keep its role.
+        name: Method name of the chosen replicate.
+
+    Returns:
+        The chosen runs, renamed ``name``, as replicate 0; ``selected`` starts with
+        ``replicate R``, the chosen one.
+    """
+    rows = runs[runs["method"] == method]
+    keys = [key for key in SELECTION_KEYS if key != "replicate"]
+    chosen = _lowest_validation(rows, keys, "replicate", sorted(set(rows["replicate"])))
+    chosen = chosen.assign(
+        selected="replicate " + chosen["replicate"].astype(str) + "; "
+        + chosen["selected"].astype(str), method=name, replicate=0)
+    return chosen[list(runs.columns)]
+
+
+def _replicated_methods(runs: pd.DataFrame) -> list[str]:
+    """Methods of ``runs`` with two or more replicates, in order of first appearance."""
+    counts = runs.groupby("method", sort=False)["replicate"].nunique()
+    return list(counts.index[counts > 1])
 
 
 def _check_selections(

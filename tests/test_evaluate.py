@@ -14,7 +14,7 @@ from geojepa.dataset.manifest import seen_by
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint
 from geojepa.errors import GeoJepaError
-from geojepa.evaluate import EvalConfig, evaluate, select_on_validation
+from geojepa.evaluate import EvalConfig, best_replicate, evaluate, select_on_validation
 from geojepa.features import random_init
 from geojepa.prepare import PrepareConfig, prepare
 from geojepa.probes import grouped_folds
@@ -295,6 +295,55 @@ def test_selection_takes_the_best_validation_score_not_the_best_test_score() -> 
     assert picked == ["a", "b", "a"]
     assert chosen.groupby("fold")["metric"].first().tolist() == [10.0, 0.0, 10.0]
     assert chosen["selected"].str.endswith("; epochs=3").all()
+
+
+def test_best_replicate_is_chosen_on_validation_per_fold_and_keeps_the_role() -> None:
+    rows = []
+    for fold, vals in enumerate(((1.0, 2.0, 3.0), (3.0, 2.0, 1.0), (2.0, 2.0, 5.0))):
+        for replicate, val in enumerate(vals):
+            for seed, noise in ((0, -0.5), (1, 0.5)):  # MLP seeds: their mean is compared
+                rows.append({"task": "t", "variant": "masked", "probe": "mlp", "fold": fold,
+                             "replicate": replicate, "seed": seed, "method": "m random init",
+                             "role": "baseline", "val_metric": val + noise,
+                             "metric": 10.0 * replicate + fold, "selected": "epochs=3"})
+    runs = pd.DataFrame(rows)
+    chosen = best_replicate(runs, "m random init", "m random init, best")
+    assert list(chosen.columns) == list(runs.columns) and len(chosen) == 6
+    assert set(chosen["method"]) == {"m random init, best"} and set(chosen["role"]) == {"baseline"}
+    assert set(chosen["replicate"]) == {0}
+    # Fold 0: replicate 0 validates best; fold 1: replicate 2, whose test score is the worst;
+    # fold 2: a tie between 0 and 1 -> 0.
+    assert chosen.groupby("fold")["metric"].first().tolist() == [0.0, 21.0, 2.0]
+    picked = chosen.groupby("fold")["selected"].first().tolist()
+    assert picked == ["replicate 0; epochs=3", "replicate 2; epochs=3", "replicate 0; epochs=3"]
+
+
+def test_cli_best_replicate_adds_a_chosen_model_and_a_chosen_initialisation(
+    helsinki: Path, seeded: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "--folds", "3",
+            "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy", "random",
+            "--variants", "masked", "--best-replicate"]
+    assert main([*base, "-o", str(tmp_path / "r"), "--checkpoint", f"T={seeded[0]}",
+                 "--checkpoint", f"T={seeded[1]}"]) == 0
+    runs = _runs(tmp_path / "r")
+    roles = runs.groupby("method")["role"].first()
+    assert roles["T, best replicate"] == "model"
+    assert roles["T random init, best replicate"] == "baseline"
+    assert "Dummy, best replicate" not in roles
+    for method in ("T", "T random init"):
+        mine = runs[runs["method"] == method].set_index(["fold", "replicate"])
+        best = runs[runs["method"] == f"{method}, best replicate"].set_index("fold")
+        for fold in range(3):
+            pair = mine.loc[fold]
+            expect = pair.sort_values("val_metric", kind="stable").iloc[0]
+            assert best.loc[fold, "metric"] == expect["metric"]
+            assert best.loc[fold, "selected"].startswith(f"replicate {expect.name}; ")
+    assert "| T, best replicate (linear) |" in (tmp_path / "r" / "results.md").read_text()
+    capsys.readouterr()
+    assert main([*base, "-o", str(tmp_path / "s"), "--checkpoint", f"T={seeded[0]}"]) == 2
+    assert "best replicate needs a checkpoint name given two or more" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_selection_of_two_checkpoints_is_reported_as_a_model(
