@@ -70,6 +70,11 @@ class TrainConfig:
         strategy: Lightning strategy (auto picks DDP for several devices).
         num_workers: Data-loader worker processes per device.
         seed: Seed of initialisation, masks and data order.
+        deterministic: Deterministic algorithms (a warning where an op has none): the same seed
+            then gives the same weights on a machine with the same thread count. Without it,
+            multi-threaded CPU kernels that accumulate into indexed tensors add in varying
+            order, and long runs of one seed drift apart. The process's setting is restored
+            after training.
         checkpoint_every: Keep a checkpoint every this many epochs (early ones often probe best).
         pretrain_splits: Tiles seen in pretraining: train (default), or all (transductive; then
             evaluation must say that pretraining saw the test tiles, never their labels).
@@ -99,6 +104,7 @@ class TrainConfig:
     strategy: str = "auto"
     num_workers: int = 0
     seed: int = 0
+    deterministic: bool = True
     checkpoint_every: int = 1
     pretrain_splits: str = "train"
     max_tags: int = 32
@@ -292,6 +298,8 @@ def pretrain(
     all_callbacks: list[Callback] = [*checkpoints, _EpochStream(data), *callbacks]
     if train.progress:
         all_callbacks.append(RichProgressBar())
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
     trainer = L.Trainer(
         accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes,
         strategy=train.strategy, precision=train.precision, max_epochs=train.epochs,
@@ -302,8 +310,12 @@ def pretrain(
         log_every_n_steps=train.log_every, use_distributed_sampler=False,
         enable_progress_bar=train.progress, enable_model_summary=train.progress,
         num_sanity_val_steps=0, default_root_dir=out,
+        deterministic="warn" if train.deterministic else False,
     )
-    trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     return last
 
 
