@@ -14,7 +14,10 @@ method, probes are fitted on the same spatial folds:
 * probes: linear (ridge / logistic) and MLP (several seeds); count tasks are fitted in log space;
 * checkpoint selection (optional): a model that takes, per task, fold and replicate, whichever of
   several checkpoints (e.g. epochs of one run) scored best on the fold's validation rows - the
-  honest form of the paper's best checkpoint per task, which it chose on the test split.
+  honest form of the paper's best checkpoint per task, which it chose on the test split;
+* replicate selection (optional): for every method with several replicates, and for their
+  random initialisations, the one replicate that scored best on the fold's validation rows
+  (the seed a user keeps), beside the mean over the replicates.
 
 The report states whether pretraining saw the evaluated test tiles' inputs (never their labels),
 from the record each checkpoint keeps of its pretraining tiles.
