@@ -144,8 +144,8 @@ def test_resume_continues_where_it_stopped(helsinki: Path, tmp_path: Path) -> No
 def test_one_seed_gives_identical_weights_and_leaves_the_torch_setting(
     helsinki: Path, tmp_path: Path
 ) -> None:
-    # The small preset's own sizes: with the tiny test model no CPU kernel splits its
-    # accumulation over threads, and two runs would agree even without deterministic kernels.
+    # The small preset's own sizes, with which two 2-thread runs made with deterministic=False
+    # differ after these 10 steps (this test then fails).
     runs = [pretrain(helsinki, tmp_path / name, _train(batch_size=16, epochs=5, max_steps=10),
                      {"modalities": "T"}) for name in ("a", "b")]
     assert not torch.are_deterministic_algorithms_enabled()
