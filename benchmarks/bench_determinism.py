@@ -15,26 +15,16 @@ import argparse
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from bench_evaluate import run
 
 HERE = Path(__file__).resolve().parent
 FLAGS = ["--epochs", "20", "--model-modalities", "T", "--preset", "small", "--batch-size", "16",
          "--pretrain-splits", "all", "--checkpoint-every", "10", "--progress", "false",
          "--seed", "0"]
-
-
-def geojepa(args: list[str]) -> float:
-    """Run ``geojepa ARGS`` quietly; return its wall time."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "geojepa", *args], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def max_difference(a: Path, b: Path) -> float:
@@ -52,18 +42,17 @@ def main() -> None:
     args = parser.parse_args()
     from geojepa.demo import bundled_osm
 
-    ds = args.work / "hel17"
-    geojepa(["prepare", str(bundled_osm()), "-o", str(ds), "--zoom", "17", "--overwrite"])
+    ds, log = args.work / "hel17", []
+    run(["prepare", str(bundled_osm()), "-o", str(ds), "--zoom", "17", "--overwrite"], log)
     times: dict[str, list[float]] = {"true": [], "false": []}
     last: dict[str, list[Path]] = {"true": [], "false": []}
     for repeat in range(args.repeats):
         for setting, walls in times.items():
-            run = args.work / f"det_{setting}_{repeat}"
-            shutil.rmtree(run, ignore_errors=True)
-            walls.append(geojepa(["pretrain", str(ds), "-o", str(run), *FLAGS,
-                                  "--deterministic", setting]))
-            last[setting].append(run / "checkpoints" / "last.ckpt")
-            print(f"deterministic {setting}: {walls[-1]:.1f} s", flush=True)
+            folder = args.work / f"det_{setting}_{repeat}"
+            shutil.rmtree(folder, ignore_errors=True)
+            walls.append(run(["pretrain", str(ds), "-o", str(folder), *FLAGS,
+                              "--deterministic", setting], log))
+            last[setting].append(folder / "checkpoints" / "last.ckpt")
     median = {k: statistics.median(v) for k, v in times.items()}
     rows = [f"| {k} | {median[k]:.1f} | {', '.join(f'{t:.1f}' for t in times[k])} | "
             f"{max_difference(last[k][0], last[k][1]):.2g} |" for k in times]

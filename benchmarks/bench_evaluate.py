@@ -239,6 +239,8 @@ def main() -> None:
                         default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
     args = parser.parse_args()
+    if args.dest and len(args.regions) > 1:
+        parser.error("--dest names one report folder: give one region")
     args.work.mkdir(parents=True, exist_ok=True)
     extra = [] if args.tasks is None else ["--tasks", *args.tasks]
     extra += ["--best-replicate"] if args.best_replicate else []
