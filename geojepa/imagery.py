@@ -49,7 +49,6 @@ from geojepa.tiles import (
     Tile,
     lonlat_to_mercator,
     tile_bounds_lonlat,
-    tile_span_mercator,
     tiles_in_bbox,
 )
 
@@ -265,7 +264,7 @@ def _describe(ds: Any, path: str) -> _RasterInfo:
             ds.crs, "EPSG:4326", float(xs.min()), float(ys.min()), float(xs.max()),
             float(ys.max()), densify_pts=21,
         )
-    except Exception as exc:  # noqa: BLE001 - PROJ errors have several types
+    except Exception as exc:  # PROJ errors have several types
         raise GeoJepaError(
             f"cannot transform the raster's extent to lon/lat ({_reason(exc, path)})", path
         ) from exc

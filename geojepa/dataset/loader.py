@@ -78,7 +78,7 @@ class TagVocabulary:
 
 
 def _ragged_to_padded(
-    values: NDArray, offsets: NDArray[np.int64], width: int, fill: float | int
+    values: NDArray, offsets: NDArray[np.int64], width: int, fill: float
 ) -> NDArray:
     """Pad a ragged array (``values`` split at ``offsets``) to ``[rows, width, ...]``."""
     rows = len(offsets) - 1
