@@ -232,18 +232,20 @@ def epoch_checkpoints(run_dirs: list[Path], epochs: range) -> tuple[list[str], s
     return checkpoints, ",".join(f"base-e{epoch}" for epoch in epochs)
 
 
-HEL_BASE_EPOCHS, HEL_BASE_STEPS, HEL_BASE_KEPT = 230, 240, range(10, 41, 10)
-"""``helsinki_base``: the schedule's epochs (95 tiles in batches of 16 = 6 steps per epoch, so
-1,380 steps, as long as the session-7 city schedule of 30 epochs x 46 steps), the steps actually
-run (40 epochs, near session 7's best checkpoint at 230 steps) and the epochs whose checkpoints
-are probed."""
+HEL_STEPS_PER_EPOCH = 6
+"""Optimiser steps per epoch of the Helsinki extract at zoom 17: 95 tiles in batches of 16."""
+HEL_BASE_EPOCHS, HEL_BASE_KEPT = 230, range(10, 41, 10)
+"""``helsinki_base``: the schedule's epochs (1,380 steps, as long as the session-7 city schedule
+of 30 epochs x 46 steps) and the epochs whose checkpoints are probed; the run stops after the
+last of them (240 steps, near session 7's best checkpoint at 230)."""
 
 
 def helsinki_base(work: Path, seeds: int, extra: list[str], log: list[str]) -> Path:
     """The paper-sized model on Helsinki (transductive), stopped early in a long schedule: a
     checkpoint every ``HEL_BASE_KEPT.step`` epochs, and the one chosen on validation."""
     ds = hel17(work, log)
-    flags = ["--epochs", str(HEL_BASE_EPOCHS), "--max-steps", str(HEL_BASE_STEPS),
+    steps = HEL_BASE_KEPT[-1] * HEL_STEPS_PER_EPOCH
+    flags = ["--epochs", str(HEL_BASE_EPOCHS), "--max-steps", str(steps),
              "--checkpoint-every", str(HEL_BASE_KEPT.step), *BASE_PRETRAIN]
     run_dirs = pretrain_runs(ds, work / "hel17_base", seeds, flags, log)
     checkpoints, names = epoch_checkpoints(run_dirs, HEL_BASE_KEPT)
