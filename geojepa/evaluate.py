@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from geojepa.atomic import atomic_folder
-from geojepa.dataset.manifest import seen_by
+from geojepa.dataset.overlap import places_covered, seen_by, tile_keys
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import Checkpoint, check_layers, load_checkpoint
 from geojepa.errors import GeoJepaError
@@ -517,15 +517,39 @@ def _notes(
                      "predictions are clamped to the training label range.")
     test_rows = np.concatenate([f.test for f in folds])
     splits = labels["split"].to_numpy()[test_rows].tolist()
+    keys = None
+    if any(_other_inputs(c, ds) for cs in loaded.values() for c in cs):
+        x, y = (labels[c].to_numpy().astype(np.int64)[test_rows] for c in ("x", "y"))
+        keys = tile_keys(ds).at(x, y)
     for name, cs in loaded.items():
-        seen = [seen_by(c.pretrain_data, ds.manifest, splits) for c in cs]
-        note = _seen_note(max(seen, key=_seen_share))  # the replicate that saw the most
+        seen = [seen_by(c.pretrain_data, ds.manifest, splits, keys) for c in cs]
+        most = max(range(len(cs)), key=lambda i: _seen_share(seen[i]))  # the one that saw most
+        note = _seen_note(seen[most])
+        if keys is not None and _other_inputs(cs[most], ds):
+            covered = places_covered(cs[most].pretrain_data, keys)
+            note += _place_note(covered, _seen_share(seen[most]))
         if len(cs) > 1:
             seeds = ", ".join(str(training_seed(c)) for c in cs)
             note += (f" {len(cs)} pretraining replicates (training seeds {seeds}); its cells and "
                      "its random-init twins average them per fold.")
         notes.append(f"{name}: {note}")
     return notes
+
+
+def _other_inputs(ckpt: Checkpoint, ds: TileDataset) -> bool:
+    """Whether a checkpoint records pretraining on input files none of which made ``ds``."""
+    record = ckpt.pretrain_data
+    return bool(record) and not set(record["inputs"]) & {f.sha256 for f in ds.manifest.inputs}
+
+
+def _place_note(covered: NDArray[np.bool_] | None, seen_share: float) -> str:
+    """What a note adds when pretraining read other input files: the share of test tiles whose
+    places it covered with other data."""
+    if covered is None or seen_share > 1.0 or covered.mean() <= seen_share:
+        return ""
+    return (f" Pretraining (on other input files) covered the places of {covered.mean():.0%} of "
+            "the test tiles with other data (another extract or version of the OSM data, or a "
+            "synthetic city at the same coordinates).")
 
 
 def _seen_share(seen: Sequence[bool | None]) -> float:
@@ -538,8 +562,9 @@ def _seen_share(seen: Sequence[bool | None]) -> float:
 def _seen_note(seen: Sequence[bool | None]) -> str:
     share = _seen_share(seen)
     if share > 1.0:
-        return ("cannot tell which test tiles pretraining saw (no record, or other tiles of the "
-                "same OSM data): treat as transductive.")
+        return ("cannot tell which test tiles pretraining saw (no record, the same OSM data cut "
+                "into other tiles, or other input files and no tile keys): treat as "
+                "transductive.")
     if share == 0:
         return "pretraining saw none of the evaluated test tiles (inductive)."
     return (f"pretraining saw the inputs of {share:.0%} of the evaluated test tiles, never their "

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from geojepa.config import build, save_yaml
 from geojepa.dataset.loader import TagVocabulary, TileStream
+from geojepa.dataset.overlap import pretraining_record
 from geojepa.dataset.reader import TileDataset
 from geojepa.errors import GeoJepaError
 from geojepa.model.jepa import GeoJEPA, GeoJEPAConfig, config_from_preset
@@ -289,7 +290,7 @@ def pretrain(
     L.seed_everything(train.seed, workers=True, verbose=False)
     module = GeoJEPAModule(model_config.to_dict(), asdict(train))
     module.vocabulary = vocab.tags.to_pylist()
-    module.pretrain_data = ds.manifest.tile_record(train.splits())
+    module.pretrain_data = pretraining_record(ds, train.splits())
     data = TileDataModule(dataset, train, model_config.image_size if model_config.uses_images else None)
     checkpoints = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,

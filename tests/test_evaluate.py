@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import osmium
 import pandas as pd
 import pytest
 import torch
 
 from geojepa.cli import main
-from geojepa.dataset.manifest import seen_by
+from geojepa.dataset.overlap import TileKeys, places_covered, pretraining_record, seen_by, tile_keys
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint
 from geojepa.errors import GeoJepaError
@@ -147,7 +148,7 @@ def test_seen_by_reads_the_pretraining_record(helsinki: Path) -> None:
     assert seen_by(m.tile_record(None), m, splits) == [True, True, True]
     assert seen_by({}, m, splits) == [None, None, None]
     other = {**m.tile_record(None), "inputs": ["0" * 64]}
-    assert seen_by(other, m, splits) == [False, False, False]
+    assert seen_by(other, m, splits) == [None, None, None]  # other files, no tile keys
     regrouped = {**m.tile_record(None), "groups": {}}
     assert seen_by(regrouped, m, splits) == [None, None, None]
 
@@ -158,7 +159,8 @@ def test_image_only_baseline_ignores_the_entities(tmp_path: Path) -> None:
     ds = tmp_path / "city"
     prepare([synth.pbf_path], ds, imagery=[synth.image_path],
             config=PrepareConfig(zoom=17, workers=0, image_size=32), progress=False)
-    train = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=2, progress=False)
+    train = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=2, progress=False,
+                        pretrain_splits="all")
     ckpt = pretrain(ds, tmp_path / "run", train, {**TINY, "modalities": "TI", "image_size": 32})
     config = EvalConfig(tasks=("building_count",), folds=3, group_zoom=16, probes=("linear",),
                         baselines=("dummy", "image"))
@@ -382,3 +384,85 @@ def test_cli_multi_layer_probing_widens_every_model_feature(
     assert main([*base, "-o", str(tmp_path / "s"), "--layers", "3"]) == 2
     assert "layers must be between 1 and the model's depth 2, got 3" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def _rewrite_osm(src: Path, dest: Path, id_offset: int) -> Path:
+    """Write the objects of ``src`` into a new file (other bytes), their ids moved by ``id_offset``."""
+    with osmium.SimpleWriter(str(dest)) as writer:
+        for o in osmium.FileProcessor(str(src)):
+            if o.is_node():
+                writer.add_node(o.replace(id=o.id + id_offset))
+            elif o.is_way():
+                writer.add_way(o.replace(id=o.id + id_offset, nodes=[n.ref + id_offset for n in o.nodes]))
+            else:
+                members = [(m.type, m.ref + id_offset, m.role) for m in o.members]
+                writer.add_relation(o.replace(id=o.id + id_offset, members=members))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def other_files(helsinki: Path, helsinki_pbf: Path) -> dict[str, Path]:
+    """Helsinki prepared again from other files: a copy of the extract, and one whose OSM ids
+    are all renumbered (other data at the same places)."""
+    out = {}
+    for name, offset in (("copy", 0), ("renumbered", 10**12)):
+        pbf = _rewrite_osm(helsinki_pbf, helsinki.parent / f"{name}.osm.pbf", offset)
+        out[name] = helsinki.parent / name
+        prepare([pbf], out[name], config=PrepareConfig(zoom=17, workers=0, max_entities=200),
+                progress=False)
+    return out
+
+
+def _test_keys(ds: Path) -> tuple[TileDataset, list[str], TileKeys]:
+    labels = load_labels(ds).to_pandas()
+    return (TileDataset(ds), labels["split"].tolist(),
+            tile_keys(TileDataset(ds)).at(labels["x"].to_numpy(), labels["y"].to_numpy()))
+
+
+def test_seen_by_recognises_the_same_tiles_from_other_input_files(
+    helsinki: Path, other_files: dict[str, Path]
+) -> None:
+    ds, splits, keys = _test_keys(helsinki)
+    copy, renumbered = (TileDataset(other_files[n]) for n in ("copy", "renumbered"))
+    assert copy.manifest.inputs[0].sha256 != ds.manifest.inputs[0].sha256
+    record = pretraining_record(copy, None)
+    assert seen_by(record, ds.manifest, splits, keys) == [True] * len(splits)
+    assert seen_by(record, ds.manifest, splits) == [None] * len(splits)  # keys not given
+    only_train = pretraining_record(copy, ("train",))
+    assert seen_by(only_train, ds.manifest, splits, keys) == [s == "train" for s in splits]
+    old = {k: v for k, v in record.items() if k != "tiles"}  # a record without tile keys
+    assert seen_by(old, ds.manifest, splits, keys) == [None] * len(splits)
+    other = pretraining_record(renumbered, None)
+    assert seen_by(other, ds.manifest, splits, keys) == [False] * len(splits)
+    assert places_covered(other, keys).all()
+    assert places_covered(old, keys) is None
+
+
+def test_tile_keys_hash_place_and_entities(helsinki: Path, other_files: dict[str, Path]) -> None:
+    keys, copy = tile_keys(TileDataset(helsinki)), tile_keys(TileDataset(other_files["copy"]))
+    same = copy.at(keys.x, keys.y)
+    np.testing.assert_array_equal(same.content, keys.content)
+    assert len(np.unique(keys.content)) == len(keys.content)
+    renumbered = tile_keys(TileDataset(other_files["renumbered"])).at(keys.x, keys.y)
+    assert not np.isin(renumbered.content, keys.content).any()
+    train = tile_keys(TileDataset(helsinki), ("train",))
+    assert len(train.x) == TileDataset(helsinki).num_tiles("train")
+    with pytest.raises(GeoJepaError, match="missing"):
+        keys.at(keys.x + 10**6, keys.y)
+
+
+def test_report_says_pretraining_on_other_files_saw_the_tiles(
+    helsinki: Path, other_files: dict[str, Path]
+) -> None:
+    train = TrainConfig(preset="small", batch_size=16, epochs=1, max_steps=2, progress=False,
+                        pretrain_splits="all")
+    checkpoints = {name: pretrain(other_files[name], helsinki.parent / f"run_{name}", train, TINY)
+                   for name in ("copy", "renumbered")}
+    out = helsinki.parent / "report_other_files"
+    config = EvalConfig(tasks=("bridge",), folds=3, group_zoom=16, probes=("linear",),
+                        baselines=("dummy",))
+    evaluate(checkpoints, helsinki, out, config, progress=False)
+    text = (out / "results.md").read_text()
+    assert "- copy: pretraining saw the inputs of 100% of the evaluated test tiles" in text
+    assert ("- renumbered: pretraining saw none of the evaluated test tiles (inductive). "
+            "Pretraining (on other input files) covered the places of 100%") in text

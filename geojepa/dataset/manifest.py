@@ -82,7 +82,8 @@ class Manifest:
 
     def tile_record(self, splits: tuple[str, ...] | None) -> dict[str, Any]:
         """Which tiles of which data some splits are: enough to tell later, from a checkpoint,
-        whether pretraining saw a tile of another dataset folder (see :func:`seen_by`).
+        whether pretraining saw a tile of another dataset folder (see
+        :func:`geojepa.dataset.overlap.seen_by`).
 
         Args:
             splits: Split names, or None for every tile.
@@ -123,28 +124,3 @@ class Manifest:
         raw["inputs"] = [InputFile(**f) for f in raw["inputs"]]
         raw["imagery"] = [InputFile(**f) for f in raw["imagery"]]
         return cls(**raw)
-
-
-def seen_by(record: dict[str, Any], manifest: Manifest, splits: list[str]) -> list[bool | None]:
-    """Whether pretraining (described by a :meth:`Manifest.tile_record`) saw tiles of a dataset.
-
-    Args:
-        record: The pretraining record stored in a checkpoint; empty when unknown.
-        manifest: The evaluated dataset's manifest.
-        splits: The stored split of each evaluated tile.
-
-    Returns:
-        Per tile: True (seen), False (not seen) or None (cannot tell: no record, or the same OSM
-        data cut with other zoom or split groups).
-    """
-    if not record:
-        return [None] * len(splits)
-    if not set(record["inputs"]) & {f.sha256 for f in manifest.inputs}:
-        return [False] * len(splits)
-    same_tiles = record["zoom"] == manifest.zoom and record["groups"] == manifest.groups
-    if not same_tiles:
-        return [None] * len(splits)
-    if record["splits"] is None:
-        return [True] * len(splits)
-    seen = set(record["splits"])
-    return [s in seen for s in splits]
