@@ -12,7 +12,6 @@ data there (another version of the OSM data, or a synthetic city at the same coo
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +40,7 @@ class TileKeys:
         zoom: The tiles' zoom.
         x: Tile column, ``int64[n]``.
         y: Tile row, ``int64[n]``.
-        content: Hash of the place and the sorted OSM identities of the tile's entities,
+        content: Hash of the place and the OSM identities of the tile's entities (in any order),
             ``int64[n]``.
     """
 
@@ -70,6 +69,9 @@ class TileKeys:
 def tile_keys(ds: TileDataset, splits: tuple[str, ...] | None = None) -> TileKeys:
     """The keys of a dataset's tiles (in some splits, or all), reading only places and OSM ids.
 
+    A content key mixes the place with the wrap-around sum of the mixed OSM identities of the
+    tile's entities: independent of their order, and computed for all tiles at once.
+
     Args:
         ds: The dataset.
         splits: Split names; None for every tile.
@@ -83,17 +85,24 @@ def tile_keys(ds: TileDataset, splits: tuple[str, ...] | None = None) -> TileKey
             entities = batch.column("entities")
             offsets = entities.offsets.to_numpy()
             flat = entities.values
-            ident = (flat.field("osm_id").to_numpy().astype(np.int64) * 4
-                     + flat.field("osm_type").to_numpy().astype(np.int64))
-            z, x, y = (batch.column(c).to_numpy().astype(np.int64) for c in ("z", "x", "y"))
-            for i in range(batch.num_rows):
-                head = np.array([z[i], x[i], y[i]], np.int64).tobytes()
-                body = np.sort(ident[offsets[i]:offsets[i + 1]]).tobytes()
-                digest = hashlib.blake2b(head + body, digest_size=8).digest()
-                contents.append(int.from_bytes(digest, "little", signed=True))
-            xs.append(x)
-            ys.append(y)
-    return TileKeys(ds.manifest.zoom, _cat(xs), _cat(ys), np.array(contents, np.int64))
+            ident = (flat.field("osm_id").to_numpy().astype(np.uint64) * np.uint64(4)
+                     + flat.field("osm_type").to_numpy().astype(np.uint64))
+            sums = np.concatenate([np.zeros(1, np.uint64), np.cumsum(_mix(ident), dtype=np.uint64)])
+            z, x, y = (batch.column(c).to_numpy().astype(np.uint64) for c in ("z", "x", "y"))
+            place = (z << np.uint64(58)) | (x << np.uint64(29)) | y
+            contents.append(_mix(_mix(place) ^ (sums[offsets[1:]] - sums[offsets[:-1]])))
+            xs.append(x.astype(np.int64))
+            ys.append(y.astype(np.int64))
+    content = np.concatenate(contents).view(np.int64) if contents else np.zeros(0, np.int64)
+    return TileKeys(ds.manifest.zoom, _cat(xs), _cat(ys), content)
+
+
+def _mix(v: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """The SplitMix64 finaliser, element-wise (uint64 arithmetic wraps around)."""
+    v = v + np.uint64(0x9E3779B97F4A7C15)
+    v = (v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    v = (v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return v ^ (v >> np.uint64(31))
 
 
 def pretraining_record(ds: TileDataset, splits: tuple[str, ...] | None) -> dict[str, Any]:
