@@ -3,8 +3,8 @@
 A checkpoint records the pretraining data (:meth:`Manifest.tile_record`). When the evaluated
 dataset was prepared from the same input files with the same tiling, the record's splits say
 exactly which tiles pretraining saw. When it was prepared from other files (a larger extract
-holding the region, the same region prepared again from a copy, windows shifted across the
-region), the record's tile keys answer instead: a tile's *content key* hashes its place
+holding the region, the same region prepared again from a copy, or a file that adds other data
+to it), the record's tile keys answer instead: a tile's *content key* hashes its place
 (zoom, x, y) and the OSM identities of its entities, so a tile of another dataset with the same
 place and entities is one pretraining saw, and its *place* tells whether pretraining saw other
 data there (another version of the OSM data, or a synthetic city at the same coordinates).
