@@ -295,21 +295,21 @@ def shifted_windows(src: Path, dest: Path, zoom: int, steps: int) -> None:
         y = math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) + dy
         return math.degrees(2 * math.atan(math.exp(y)) - math.pi / 2)
 
-    copies = [divmod(k, steps) for k in range(steps * steps)]
+    copies = range(steps * steps)
     with osmium.SimpleWriter(osmium.io.File(str(dest), "pbf"), overwrite=True) as writer:
-        for k, (i, j) in enumerate(copies):
+        for k in copies:
+            i, j = divmod(k, steps)
             dx, dy, base = k * apart + i / steps * tile_deg, j / steps * tile_merc, k * id_step
             for nid, lon, lat, tags in nodes:
                 writer.add_node(mutable.Node(id=nid + base, location=(lon + dx, north(lat, dy)),
                                              tags=tags))
-        for k in range(len(copies)):
+        for base in (k * id_step for k in copies):
             for wid, refs, tags in ways:
-                writer.add_way(mutable.Way(id=wid + k * id_step, nodes=[r + k * id_step for r in refs],
-                                           tags=tags))
-        for k in range(len(copies)):
+                writer.add_way(mutable.Way(id=wid + base, nodes=[r + base for r in refs], tags=tags))
+        for base in (k * id_step for k in copies):
             for rid, members, tags in relations:
                 writer.add_relation(mutable.Relation(
-                    id=rid + k * id_step, members=[(t, r + k * id_step, role) for t, r, role in members],
+                    id=rid + base, members=[(t, r + base, role) for t, r, role in members],
                     tags=tags))
 
 
@@ -318,6 +318,14 @@ WINDOW_STEPS = 4
 SHIFT_STEPS = range(90, 361, 90)
 """``helsinki_shift``: optimiser steps of the probed checkpoints (the last ends both schedules:
 60 epochs of the 95 tiles, 4 of the 1,426 windows, 6 and 90 batches of 16 per epoch)."""
+BATCH = int(PRETRAIN[PRETRAIN.index("--batch-size") + 1])
+
+
+def steps_per_epoch(ds: Path) -> int:
+    """Optimiser steps of one epoch over every tile of ``ds`` in batches of ``BATCH``."""
+    from geojepa.dataset import TileDataset
+
+    return -(-TileDataset(ds).num_tiles() // BATCH)
 
 
 def helsinki_shift(work: Path, seeds: int, extra: list[str], log: list[str]) -> Path:
@@ -331,15 +339,18 @@ def helsinki_shift(work: Path, seeds: int, extra: list[str], log: list[str]) -> 
     shifted_windows(bundled_osm(), pbf, 17, WINDOW_STEPS)
     run(["prepare", str(pbf), "-o", str(windows), "--zoom", "17", "--overwrite"], log)
     checkpoints, selects = [], []
-    for data, label, per_epoch in ((ds, "tiles", HEL_STEPS_PER_EPOCH), (windows, "windows", 90)):
-        every = SHIFT_STEPS.step // per_epoch
+    for data, label in ((ds, "tiles"), (windows, "windows")):
+        per_epoch = steps_per_epoch(data)
+        if SHIFT_STEPS.step % per_epoch:
+            raise SystemExit(f"{data}: {per_epoch} steps per epoch do not divide {SHIFT_STEPS.step}")
+        every, epochs = SHIFT_STEPS.step // per_epoch, SHIFT_STEPS[-1] // per_epoch
         # the later --epochs and --checkpoint-every override PRETRAIN's
-        flags = [*PRETRAIN, "--model-modalities", "T", "--epochs", str(SHIFT_STEPS[-1] // per_epoch),
+        flags = [*PRETRAIN, "--model-modalities", "T", "--epochs", str(epochs),
                  "--checkpoint-every", str(every)]
         run_dirs = pretrain_runs(data, work / f"hel17_{label}_T", seeds, flags, log)
-        flags, names = epoch_checkpoints(run_dirs, range(every, SHIFT_STEPS[-1] // per_epoch + 1, every),
-                                         lambda e, label=label, n=per_epoch: f"{label}-{e * n}")
-        checkpoints += flags
+        kept, names = epoch_checkpoints(run_dirs, range(every, epochs + 1, every),
+                                        lambda e, label=label, n=per_epoch: f"{label}-{e * n}")
+        checkpoints += kept
         selects += ["--select", f"{label}-selected={names}"]
     report = work / "report_helsinki_shift"
     run(["evaluate", *checkpoints, *selects, "--dataset", str(ds), "-o", str(report),
