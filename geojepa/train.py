@@ -290,13 +290,13 @@ def pretrain(
     L.seed_everything(train.seed, workers=True, verbose=False)
     module = GeoJEPAModule(model_config.to_dict(), asdict(train))
     module.vocabulary = vocab.tags.to_pylist()
-    module.pretrain_data = pretraining_record(ds, train.splits())
     data = TileDataModule(dataset, train, model_config.image_size if model_config.uses_images else None)
     checkpoints = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                         every_n_epochs=train.checkpoint_every, save_top_k=-1, save_last=True),
     ]
-    all_callbacks: list[Callback] = [*checkpoints, _EpochStream(data), *callbacks]
+    all_callbacks: list[Callback] = [*checkpoints, _EpochStream(data), _PretrainingRecord(ds, train.splits()),
+                                     *callbacks]
     if train.progress:
         all_callbacks.append(RichProgressBar())
     before = (torch.are_deterministic_algorithms_enabled(),
@@ -335,6 +335,18 @@ class _EpochStream(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.data.stream is not None:
             self.data.stream.set_epoch(trainer.current_epoch)
+
+
+class _PretrainingRecord(Callback):
+    """Record which tiles pretraining sees (:func:`pretraining_record`) on global rank 0 only:
+    only its checkpoints are written, so the other DDP ranks skip reading the tiles' OSM ids."""
+
+    def __init__(self, ds: TileDataset, splits: tuple[str, ...] | None) -> None:
+        self.ds, self.splits = ds, splits
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            pl_module.pretrain_data = pretraining_record(self.ds, self.splits)
 
 
 COLLAPSE_COSINE = 0.99

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from geojepa.dataset.reader import TileDataset
 from geojepa.embed import embed_dataset, load_checkpoint
 from geojepa.errors import GeoJepaError
 from geojepa.prepare import PrepareConfig, prepare
@@ -168,6 +169,7 @@ class RankWeights(L.Callback):
     def on_train_end(self, trainer, pl_module):
         state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         torch.save(state, Path(sys.argv[2]) / f"rank{trainer.global_rank}.pt")
+        torch.save(pl_module.pretrain_data, Path(sys.argv[2]) / f"record{trainer.global_rank}.pt")
 
 
 if __name__ == "__main__":
@@ -196,6 +198,13 @@ def test_two_process_ddp_keeps_ranks_identical(helsinki: Path, tmp_path: Path) -
     fresh = GeoJEPAModule(init.hparams["model"], init.hparams["train"]).state_dict()
     moved = [k for k in r0 if r0[k].dtype.is_floating_point and not torch.equal(r0[k], fresh[k])]
     assert moved
+    # Only rank 0, whose checkpoints are written, records the pretraining tiles' keys.
+    assert torch.load(tmp_path / "record1.pt", weights_only=True) == {}
+    record = torch.load(tmp_path / "record0.pt", weights_only=True)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["pretrain_data"]
+    ds = TileDataset(helsinki)
+    assert len(record["tiles"]["content"]) == sum(ds.num_tiles(s) for s in TrainConfig().splits()) > 0
+    assert torch.equal(saved["tiles"]["content"], record["tiles"]["content"])
 
 
 def test_nan_loss_stops_with_a_clear_message(helsinki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
