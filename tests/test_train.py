@@ -201,7 +201,7 @@ def test_two_process_ddp_keeps_ranks_identical(helsinki: Path, tmp_path: Path) -
     # Only rank 0, whose checkpoints are written, records the pretraining tiles' keys.
     assert torch.load(tmp_path / "record1.pt", weights_only=True) == {}
     record = torch.load(tmp_path / "record0.pt", weights_only=True)
-    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["pretrain_data"]
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt").pretrain_data
     ds = TileDataset(helsinki)
     assert len(record["tiles"]["content"]) == sum(ds.num_tiles(s) for s in TrainConfig().splits()) > 0
     assert torch.equal(saved["tiles"]["content"], record["tiles"]["content"])
