@@ -19,15 +19,19 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
+from geojepa.dataset.overlap import _KEY_COLUMNS, tile_keys
+from geojepa.dataset.reader import TileDataset
+
 HERE = Path(__file__).resolve().parent
-COLUMNS = ["z", "x", "y", "split", "entities.list.element.osm_type", "entities.list.element.osm_id"]
 
 
-def read_columns(ds) -> int:
+def read_columns(ds: TileDataset) -> int:
     """Read the key columns of every shard into NumPy without hashing (the baseline).
 
     Returns:
@@ -35,7 +39,7 @@ def read_columns(ds) -> int:
     """
     pieces = 0
     for path in ds.shard_paths:
-        for batch in pq.ParquetFile(path).iter_batches(columns=COLUMNS):
+        for batch in pq.ParquetFile(path).iter_batches(columns=_KEY_COLUMNS):
             flat = batch.column("entities").values
             flat.field("osm_type").to_numpy()
             pieces += len(flat.field("osm_id").to_numpy())
@@ -44,15 +48,16 @@ def read_columns(ds) -> int:
     return pieces
 
 
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after one untimed call (warm caches)."""
-    fn()
+def median_seconds(fn: Callable[[TileDataset], Any], ds: TileDataset, repeats: int) -> tuple[float, Any]:
+    """Median wall time of ``fn(ds)`` over ``repeats`` calls after one untimed call (warm caches),
+    and what that first call returned."""
+    result = fn(ds)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        fn(ds)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), result
 
 
 def main() -> None:
@@ -63,8 +68,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "tile_keys_results.md")
     args = parser.parse_args()
 
-    from geojepa.dataset.overlap import tile_keys
-    from geojepa.dataset.reader import TileDataset
     from geojepa.prepare import PrepareConfig, prepare
     from geojepa.synth import config_for_entities, write_synthetic_city
 
@@ -77,19 +80,18 @@ def main() -> None:
         prepare([city.pbf_path], out, config=PrepareConfig(zoom=zoom, workers=0), progress=False)
         ds = TileDataset(out)
         tiles = ds.num_tiles()
-        pieces = read_columns(ds)
-        read_s = median_seconds(lambda: read_columns(ds), args.repeats)
-        keys_s = median_seconds(lambda: tile_keys(ds), args.repeats)
+        read_s, pieces = median_seconds(read_columns, ds, args.repeats)
+        keys_s, _ = median_seconds(tile_keys, ds, args.repeats)
         rows.append((zoom, tiles, pieces, read_s, keys_s))
         print(zoom, tiles, pieces, f"{read_s:.3f}", f"{keys_s:.3f}", flush=True)
 
     lines = [
         "# Pretraining tile keys benchmark",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, median of {args.repeats} calls in one "
-        f"process after one warm-up call. Input: one synthetic city of about {args.entities:,} entities (`geojepa synth`, no "
-        "imagery), prepared at each zoom. Baseline: reading the same Parquet columns (place, split, "
-        "entity OSM types and ids) into NumPy without hashing.",
+        (f"Machine: {platform.processor() or platform.machine()}, median of {args.repeats} calls in one "
+         f"process after one warm-up call. Input: one synthetic city of about {args.entities:,} entities "
+         "(`geojepa synth`, no imagery), prepared at each zoom. Baseline: reading the same Parquet columns "
+         "(place, split, entity OSM types and ids) into NumPy without hashing."),
         "",
         "| zoom | tiles | entity rows | read columns s | tile_keys s | keys / read | tile_keys s per million tiles |",
         "|---|---|---|---|---|---|---|",
