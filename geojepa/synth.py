@@ -25,7 +25,10 @@ are converted to lon/lat with pyproj for the PBF; the image is written in the UT
    approaching road a few metres before it, and some major-street blocks have a signalised
    pedestrian crossing halfway (``highway=crossing`` + ``crossing=traffic_signals``). The signal
    nodes are inserted into the road ways after those are split, from their own random stream,
-   so the rest of the city does not depend on the signal settings.
+   so the rest of the city does not depend on the signal settings. As in real aerial imagery,
+   the image shows where the signals are: every road arm of a signalised junction has a zebra
+   crossing painted across it just outside the junction, and so has every signalised
+   pedestrian crossing (stripes of light paint 1 m wide, ``CROSSWALK_DEPTH_M`` deep).
    Some blocks have an east-west ``highway=service`` alley joined to the streets.
 2. **River.** A sinusoidal centreline crosses the city from west to east (``waterway=river``).
    The water surface is a ``type=multipolygon`` relation (``natural=water``) whose outer ring is
@@ -242,6 +245,10 @@ BANK_CLEARANCE_M = 10.0
 """Bridge ends (bank nodes) lie this far from the water's edge."""
 SIGNAL_SETBACK_M = 12.0
 """Signals mapped per approach lie this far before the junction."""
+CROSSWALK_DEPTH_M = 4.0
+"""Length along the road of a painted zebra crossing."""
+CROSSWALK_GAP_M = 1.0
+"""Distance between a junction's edge (the crossing road's kerb) and its zebra crossings."""
 PARK_BANK_CLEARANCE_M = 4.0
 RIVER_OVERHANG_M = 25.0
 IMAGE_MARGIN_M = 40.0
@@ -307,6 +314,7 @@ _UNNAMED_POIS = frozenset({"bench", "toilets", "drinking_water", "recycling", "p
 _M_GROUND, _M_PARK, _M_YARD, _M_PAVED, _M_INDUSTRIAL, _M_WATER, _M_SIDEWALK = range(7)
 _M_ROAD = (7, 8, 9, 10, 11, 12)  # one per road class, footway last
 _M_DECK, _M_ISLAND, _M_TREE = 13, 14, 15
+_M_MARKING = _M_SIDEWALK  # road paint: the light concrete colour (all 256 materials are taken)
 _M_ROOF0 = 16
 _ROOF_VARIANTS = 12
 _ROOF_SHADE = len(BUILDING_TYPES) * _ROOF_VARIANTS  # offset of the shaded roof colours
@@ -574,6 +582,25 @@ def _rect_quads(x0: FloatArray, y0: FloatArray, x1: FloatArray, y1: FloatArray) 
     quads[:, 2, 0], quads[:, 2, 1] = x1, y1
     quads[:, 3, 0], quads[:, 3, 1] = x0, y1
     return quads
+
+
+def _crosswalk_stripes(crosswalks: FloatArray) -> FloatArray:
+    """The painted stripes of zebra crossings: (n, 4, 2) rectangles.
+
+    Args:
+        crosswalks: ``(m, 4)``: centre x and y, 1 when the road runs north-south (0 east-west),
+            and the road's half-width. Stripes are 1 m wide with 1 m gaps, run along the road
+            for ``CROSSWALK_DEPTH_M`` and are centred across the road, at least 0.5 m from each kerb.
+    """
+    stripes = []
+    for cx, cy, along_y, half in crosswalks:
+        count = int(half)  # floor((2 * half - 1 + 1) / 2) stripes fit
+        start = -(2 * count - 1) / 2.0 + np.arange(count) * 2.0  # stripe edges across the road
+        across = np.stack([start, start + 1.0], 1)
+        along = np.broadcast_to([-CROSSWALK_DEPTH_M / 2, CROSSWALK_DEPTH_M / 2], (count, 2))
+        (xs, ys) = (across, along) if along_y else (along, across)
+        stripes.append(_rect_quads(cx + xs[:, 0], cy + ys[:, 0], cx + xs[:, 1], cy + ys[:, 1]))
+    return np.concatenate(stripes) if stripes else np.empty((0, 4, 2))
 
 
 def _discs(x: FloatArray, y: FloatArray, r: FloatArray, k: int = 8) -> FloatArray:
@@ -991,17 +1018,24 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
         if not approach:
             nodes.set_tags(int(node_id[i, j]), signal_tags["signal"])
     signal_counts = {"signal": len(signal_plan) - len(per_approach), "crossing": 0}
+    # Per signalised junction node: half the width of the road crossing a north-south arm
+    # (the east-west street) and of the road crossing an east-west arm.
+    kerb = {int(node_id[i, j]): (ROAD_WIDTH_M[cls_h[j]] / 2.0, ROAD_WIDTH_M[cls_v[i]] / 2.0)
+            for i, j in signal_plan}
+    crosswalks: list[tuple[float, float, bool, float]] = []  # centre, along y, road half-width
 
     def with_signals(
         piece: list[int], where: dict[int, tuple[float, str]], fixed: float, vertical: bool,
-        major: bool,
+        cls: int,
     ) -> list[int]:
         """A road way's nodes with its approach signals and signalised crossings inserted.
 
         ``where`` maps the line's nodes to their coordinate along the line and their kind
-        (``"node"`` for a grid junction); ``fixed`` is the line's other coordinate.
+        (``"node"`` for a grid junction); ``fixed`` is the line's other coordinate. The zebra
+        crossings of the way's signalised junction arms and crossings go to ``crosswalks``.
         """
         out = piece[:1]
+        half = ROAD_WIDTH_M[cls] / 2.0
         for a, b in zip(piece[:-1], piece[1:]):
             (ca, ka), (cb, kb) = where[a], where[b]
             extra: list[tuple[float, str]] = []
@@ -1010,9 +1044,17 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                     extra.append((ca + SIGNAL_SETBACK_M, "signal"))
                 if b in per_approach:
                     extra.append((cb - SIGNAL_SETBACK_M, "signal"))
-            if (major and ka == kb == "node" and cb - ca > 4 * SIGNAL_SETBACK_M
+            if (cls in _MAJOR and ka == kb == "node" and cb - ca > 4 * SIGNAL_SETBACK_M
                     and rng_signals.random() < config.signal_crossing_fraction):
                 extra.append(((ca + cb) / 2.0, "crossing"))
+            painted = [c for c, kind in extra if kind == "crossing"]
+            for node, c, sign in ((a, ca, 1.0), (b, cb, -1.0)):
+                if node in kerb:
+                    offset = kerb[node][0 if vertical else 1] + CROSSWALK_GAP_M
+                    if cb - ca > 2 * (offset + CROSSWALK_DEPTH_M):
+                        painted.append(c + sign * (offset + CROSSWALK_DEPTH_M / 2.0))
+            crosswalks.extend(((fixed, c) if vertical else (c, fixed)) + (vertical, half)
+                              for c in painted)
             for c, kind in sorted(extra):
                 xy = (fixed, c) if vertical else (c, fixed)
                 nid = nodes.add_one(*xy, signal_tags[kind])
@@ -1109,7 +1151,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                 line_ways[key].append(len(ways) - 1)
                 add_segments([a, b], bcls, True)
             for piece in split_run(run):
-                road = with_signals(piece, where, xi, True, cls in _MAJOR)
+                road = with_signals(piece, where, xi, True, cls)
                 ways.append((road, road_tags(cls, name)))
                 line_ways[key].append(len(ways) - 1)
                 add_segments(road, cls, False)
@@ -1138,7 +1180,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
         where = {int(node_id[i, j]): (float(X[i]), "node") for i in np.nonzero(node_kept[:, j])[0]}
         for run in runs_h:
             for piece in split_run(run):
-                road = with_signals(piece, where, float(Y[j]), False, cls in _MAJOR)
+                road = with_signals(piece, where, float(Y[j]), False, cls)
                 ways.append((road, road_tags(cls, name)))
                 if len(runs_h) == 1:
                     line_ways[key].append(len(ways) - 1)
@@ -1367,6 +1409,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
         **{f"highway_{c_}": v for c_, v in highway_counts.items()},
         "traffic_signals": signal_counts["signal"],
         "signal_crossings": signal_counts["crossing"],
+        "crosswalks": len(crosswalks),
         "bridges": bridge_ways,
         "car_bridges": car_bridge_ways,
         "foot_bridges": foot_bridge_ways,
@@ -1401,6 +1444,8 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
             "road_width_m": dict(zip(ROAD_CLASSES, ROAD_WIDTH_M)),
             "maxspeed_kmh": dict(zip(ROAD_CLASSES[:5], MAXSPEED_KMH[:5])),
             "maxspeed_mph_strings": {str(k_): v for k_, v in MAXSPEED_MPH.items()},
+            "crosswalk_depth_m": CROSSWALK_DEPTH_M,
+            "crosswalk_gap_m": CROSSWALK_GAP_M,
         },
         "river": {
             "center_y_m": river_y0,
@@ -1437,6 +1482,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
             ground=ground, ground_style=style[gi, gj], park_rects=park_rects,
             riverside_polys=riverside_polys, water=water, island_rings=island_rings,
             segs=np.asarray(segs, dtype=np.float64).reshape(-1, 6),
+            crosswalks=np.asarray(crosswalks, dtype=np.float64).reshape(-1, 4),
             trees=(tx, ty, tr), buildings=buildings, theta=theta, bw=bw, bd=bd, bcx=bcx,
             bcy=bcy, b_style=b_style, rng=rng_image,
         )
@@ -1536,6 +1582,7 @@ def _image_batches(
     water: Any,
     island_rings: list[FloatArray],
     segs: FloatArray,
+    crosswalks: FloatArray,
     trees: tuple[FloatArray, FloatArray, FloatArray],
     buildings: _Buildings,
     theta: FloatArray,
@@ -1576,6 +1623,8 @@ def _image_batches(
     order = order[np.argsort(-cls[order], kind="stable")]
     q = _segment_quads(ax[order], ay[order], bx[order], by[order], half[order])
     batches.append(_PolyBatch(q, np.asarray(_M_ROAD, dtype=u8)[cls[order]]))
+    stripes = _crosswalk_stripes(crosswalks)
+    batches.append(_PolyBatch(stripes, np.full(len(stripes), _M_MARKING, u8)))
 
     tx, ty, tr = trees
     if len(tx):

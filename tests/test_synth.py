@@ -382,6 +382,64 @@ def test_image_separates_buildings_from_roads(
     assert (np.abs(pixels(image, to_utm, houses) - road_mean).max(1) > 12).mean() > 0.8
 
 
+def test_image_paints_zebra_crossings_at_signals_only(
+    image: tuple[np.ndarray, Any, Any], osm: Osm, to_utm: pyproj.Transformer,
+    summary: dict[str, Any],
+) -> None:
+    # Every long enough arm of a signalised junction, and every signalised pedestrian crossing,
+    # has light stripes across its asphalt; arms of unsignalised junctions have none.
+    arr, transform, _ = image
+    width = summary["model"]["streets"]["road_width_m"]
+    xy = {n: np.array(to_utm.transform(lon, lat)) for n, (lon, lat, _) in osm.nodes.items()}
+    signal = {n for n, (*_, t) in osm.nodes.items() if t.get("highway") == "traffic_signals"}
+    crossings = [n for n, (*_, t) in osm.nodes.items() if t.get("crossing") == "traffic_signals"]
+    signal_xy = np.array([xy[n] for n in signal])
+    arms: dict[int, list[tuple[np.ndarray, float]]] = {}  # node -> (unit vector, half-width)
+    streets: dict[int, set[str]] = {}
+    half_of: dict[int, float] = {}
+    for nodes, tags in osm.ways.values():
+        if tags.get("highway") not in CAR_CLASSES or "bridge" in tags:
+            continue
+        half = width[tags["highway"]] / 2
+        for k, n in enumerate(nodes):
+            streets.setdefault(n, set()).add(tags.get("name", ""))
+            half_of[n] = half
+            for step in (-1, 1):
+                m = k + step
+                while 0 <= m + step < len(nodes) and nodes[m] in signal:
+                    m += step  # look past approach signals to the arm's next junction
+                if 0 <= m < len(nodes) and np.linalg.norm(xy[nodes[m]] - xy[n]) > 30:
+                    d = xy[nodes[m]] - xy[n]
+                    arms.setdefault(n, []).append((d / np.linalg.norm(d), half))
+
+    def stripes(at: np.ndarray, along: np.ndarray, half: float, reach: np.ndarray) -> bool:
+        """Whether a line across the road, at some distance in ``reach``, crosses 2+ stripes."""
+        across = np.array([-along[1], along[0]])
+        offsets = np.arange(-(half - 1), half - 1 + 1e-9, 0.5)
+        for t in reach:
+            pts = at + t * along + offsets[:, None] * across
+            rows, cols = rasterio.transform.rowcol(transform, pts[:, 0], pts[:, 1])
+            if (arr[:, np.asarray(rows), np.asarray(cols)].min(0) > 150).sum() >= 2:
+                return True
+        return False
+
+    reach = np.arange(2.0, 14.5, 0.5)
+    junctions = [n for n, names in streets.items() if len(names) >= 2 and n in arms]
+    near = {n: np.linalg.norm(signal_xy - xy[n], axis=1).min() for n in junctions}
+    signalised = [n for n in junctions if near[n] < synth.SIGNAL_SETBACK_M + 1]
+    plain = [n for n in junctions if near[n] > 2 * synth.SIGNAL_SETBACK_M]
+    assert len(signalised) >= 3 and len(plain) >= 10
+    for n in signalised:
+        assert all(stripes(xy[n], u, half, reach) for u, half in arms[n]), n
+    for n in plain:
+        assert not any(stripes(xy[n], u, half, reach) for u, half in arms[n]), n
+    assert crossings
+    for n in crossings:
+        u, _ = arms[n][0]
+        assert stripes(xy[n], u, half_of[n], np.array([0.0])), n
+    assert summary["counts"]["crosswalks"] >= len(crossings) + 3 * len(signalised)
+
+
 # ---- determinism, sizing, errors -------------------------------------------------------------
 
 
