@@ -24,6 +24,15 @@ reports. Run by hand from the repository root (venv active):
     python benchmarks/bench_evaluate.py --regions helsinki_shift --pretrain-seeds 5 \
         --best-replicate --tasks building_count max_speed traffic_signals \
         --out benchmarks/evaluate_helsinki_shift.md
+    python benchmarks/bench_evaluate.py --regions city --size-km 4 --epochs-city 8 \
+        --pretrain-seeds 3 --best-replicate --tasks building_count max_speed traffic_signals \
+        --dest city4_crosswalks --out benchmarks/evaluate_city_crosswalks.md
+    python benchmarks/bench_evaluate.py --regions city --size-km 4 --epochs-city 8 \
+        --pretrain-seeds 3 --best-replicate --tasks building_count max_speed traffic_signals \
+        --pool modality --dest city4_pool_modality --out benchmarks/evaluate_city_pool_modality.md
+
+``--pool modality`` pools the entity tokens and the image patches of models with images apart
+(``geojepa evaluate --pool modality``) instead of all tokens together.
 
 ``--pretrain-seeds N`` pretrains every model N times (training seeds 0..N-1) and evaluates the
 runs as replicates of one setting: their fold scores are averaged, and each is compared with its
@@ -40,8 +49,8 @@ Seven regions:
   their random initialisations and the tag baselines, linear probes.
 * **A synthetic city** (``geojepa synth``, 2 km, with its aerial-like image at 112 px per tile) at
   zoom 17: pretrain geometry+tags (GT) and geometry+tags+image (GTI) models; evaluate both with 5
-  spatial folds over zoom-14 groups. The image shows roofs, roads and bridges whose tags the masked
-  variants remove.
+  spatial folds over zoom-14 groups. The image shows roofs, roads, bridges and the zebra crossings
+  of signalised junctions, whose tags the masked variants remove.
 * **More pretraining tiles** (``--regions city_scale``): tags-only models pretrained on the 4 km
   city itself and on 8 and 16 km cities drawn with other generator seeds (inductive: pretraining
   never sees a tile of the evaluated city), at equal and at 4x the number of training samples,
@@ -377,6 +386,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=None, help="evaluate only these tasks")
     parser.add_argument("--best-replicate", action="store_true",
                         help="also report each model's replicate chosen on validation")
+    parser.add_argument("--pool", choices=("tokens", "modality"), default="tokens",
+                        help="tile embeddings pool all tokens together (the SPEC's) or a "
+                        "model's entities and image patches apart")
     parser.add_argument("--dest", default=None, help="report folder name under "
                         "benchmarks/evaluate/ (default: the region, <region>_seeds with seeds)")
     parser.add_argument("--regions", nargs="+",
@@ -390,6 +402,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     extra = [] if args.tasks is None else ["--tasks", *args.tasks]
     extra += ["--best-replicate"] if args.best_replicate else []
+    extra += ["--pool", args.pool] if args.pool != "tokens" else []
     sections = []
     for region in args.regions:
         log: list[str] = []

@@ -220,6 +220,7 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     if not full:  # the defaults come from modules that import torch
         return
     from geojepa.evaluate import BASELINES, EvalConfig
+    from geojepa.model.jepa import TILE_POOLS
     from geojepa.tasks import TASKS
 
     d = EvalConfig()
@@ -249,6 +250,10 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the folds and the MLP probes")
     p.add_argument("--layers", type=int, default=d.layers, help="tile embeddings pool the "
                    f"encoder's last LAYERS blocks (multi-layer probing; default {d.layers})")
+    p.add_argument("--pool", choices=TILE_POOLS, default=d.pool,
+                   help="tile embeddings pool all tokens together (tokens, the SPEC's) or, for "
+                   f"models with images, entities and image patches apart (modality; default "
+                   f"{d.pool})")
     p.add_argument("--best-replicate", action="store_true",
                    help="also report, for every checkpoint NAME with several replicates and for "
                    "its random initialisations, the replicate that probes best on the validation "
@@ -271,7 +276,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     config = EvalConfig(tasks=tuple(args.tasks), variants=tuple(args.variants), protocol=args.protocol,
                         folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,
-                        seed=args.seed, layers=args.layers, best_replicate=args.best_replicate)
+                        seed=args.seed, layers=args.layers, pool=args.pool,
+                        best_replicate=args.best_replicate)
     select = dict(args.select)
     if len(select) < len(args.select):
         raise GeoJepaError("two selections have the same NAME")

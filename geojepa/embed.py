@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from geojepa.dataset.loader import TagVocabulary, TileStream
 from geojepa.errors import GeoJepaError
 from geojepa.model.batch import TileBatch
-from geojepa.model.jepa import GeoJEPA, GeoJEPAConfig
+from geojepa.model.jepa import TILE_POOLS, GeoJEPA, GeoJEPAConfig, TilePool
 from geojepa.model.text import cache_path, tag_embedding_table
 
 
@@ -89,7 +89,8 @@ class Embeddings:
 
     Attributes:
         tiles: ``[T, 3]`` z, x, y.
-        tile: ``[T, 2d]`` tile embeddings (``[T, 2 * layers * d]`` with ``layers``).
+        tile: ``[T, 2d]`` tile embeddings (wider with ``layers`` or ``pool``; see
+            :meth:`GeoJEPA.embed`).
         entity_tile: ``[E]`` row in ``tiles`` of each entity.
         entity_index: ``[E]`` position of the entity in its tile (the dataset's stored order).
         entity: ``[E, d]`` entity embeddings.
@@ -144,6 +145,7 @@ def iter_embeddings(
     progress: bool = True,
     image_only: bool = False,
     layers: int = 1,
+    pool: TilePool = "tokens",
 ) -> Iterator[Embeddings]:
     """Embed a dataset batch by batch, in stored tile order.
 
@@ -159,6 +161,8 @@ def iter_embeddings(
             (the image-only baseline of a model that uses images).
         layers: Pool the outputs of the encoder's last ``layers`` blocks into the tile
             embedding (``2 * layers * d`` numbers; see :meth:`GeoJEPA.embed`).
+        pool: ``"tokens"`` pools all tokens together; ``"modality"`` pools a model's entities
+            and image patches apart (twice the numbers for a model with both).
 
     Yields:
         One :class:`Embeddings` per batch.
@@ -175,6 +179,8 @@ def iter_embeddings(
     if image_only and not config.uses_images:
         raise GeoJepaError("image-only embeddings need a model that uses images (I)")
     check_layers(checkpoint, layers)
+    if pool not in TILE_POOLS:
+        raise GeoJepaError(f"pool must be one of {', '.join(TILE_POOLS)}, got {pool!r}")
     entities_first = bool(set(config.modalities) & {"G", "T"})
     bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    disable=not progress)
@@ -184,7 +190,7 @@ def iter_embeddings(
             batch = batch.to(device)
             if image_only:
                 batch = replace(batch, valid=torch.zeros_like(batch.valid))
-            tok, valid, tile_emb = model.embed(batch, layers)
+            tok, valid, tile_emb = model.embed(batch, layers, pool)
             yield _split_tokens(batch, tok, valid, tile_emb, entities_first, tokens)
             bar.advance(task, batch.size)
 
@@ -224,11 +230,12 @@ def embed_dataset(
     progress: bool = True,
     image_only: bool = False,
     layers: int = 1,
+    pool: TilePool = "tokens",
 ) -> Embeddings:
     """Embed a whole dataset (or some splits) into memory; see :func:`iter_embeddings`."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     parts = list(iter_embeddings(ckpt, dataset, splits, batch_size, tokens, progress, image_only,
-                                 layers))
+                                 layers, pool))
     if not parts:
         raise GeoJepaError("no tiles to embed", dataset)
     return Embeddings.concat(parts)

@@ -51,6 +51,7 @@ from geojepa.features import (
     tag_pool_features,
     training_seed,
 )
+from geojepa.model.jepa import TILE_POOLS, TilePool
 from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, grouped_folds
 from geojepa.report import VARIANTS, write_report
 from geojepa.tasks import (
@@ -91,6 +92,10 @@ class EvalConfig:
         batch_size: Tiles per forward pass when embedding.
         layers: Tile embeddings pool the outputs of the encoder's last ``layers`` blocks (1:
             the last block only, SPEC section 4), for every model and untrained twin alike.
+        pool: ``"tokens"`` (SPEC section 5) pools all of a tile's tokens together;
+            ``"modality"`` pools the entities and the image patches of models with both apart
+            and concatenates the two (see :meth:`~geojepa.model.jepa.GeoJEPA.embed`), for
+            every model, untrained twin and image-only baseline alike.
         best_replicate: Also report, for every method with several replicates (pretraining
             runs, and their random initialisations), the replicate chosen per task, probe and
             fold on the validation rows (see :func:`best_replicate`).
@@ -110,6 +115,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 64
     layers: int = 1
+    pool: TilePool = "tokens"
     best_replicate: bool = False
 
     def validate(self) -> None:
@@ -131,6 +137,8 @@ class EvalConfig:
             raise GeoJepaError("need at least 3 folds and 1 seed")
         if self.layers < 1:
             raise GeoJepaError(f"layers must be at least 1, got {self.layers}")
+        if self.pool not in TILE_POOLS:
+            raise GeoJepaError(f"pool must be one of {', '.join(TILE_POOLS)}, got {self.pool!r}")
 
 
 @dataclass
@@ -361,7 +369,8 @@ def _methods(loaded: dict[str, list[Checkpoint]], ds: TileDataset, config: EvalC
     vocab = ds.vocabulary().column("tag").to_pylist()
 
     def features(ckpt: Checkpoint, image_only: bool = False) -> Callable[[Path], NDArray[np.float32]]:
-        return lambda d: model_features(ckpt, d, image_only, config.batch_size, config.layers)
+        return lambda d: model_features(ckpt, d, image_only, config.batch_size, config.layers,
+                                         config.pool)
 
     methods = [Method(name, "model", features(c), r)
                for name, cs in loaded.items() for r, c in enumerate(cs)]
@@ -512,6 +521,10 @@ def _notes(
     if config.layers > 1:
         notes.append(f"Tile embeddings (of every model and random-init twin) pool the outputs of "
                      f"the encoder's last {config.layers} blocks, not only the last (SPEC: 1).")
+    if config.pool == "modality" and any(cs[0].config.uses_images for cs in loaded.values()):
+        notes.append("Tile embeddings of models with images pool their entity tokens and their "
+                     "image patches apart ([max, mean] of each, concatenated), not all tokens "
+                     "together (SPEC).")
     if config.log_counts:
         notes.append("Count tasks (building_count, traffic_signals) are fitted in log space; "
                      "predictions are clamped to the training label range.")

@@ -4,7 +4,7 @@ Every function returns one row per tile in the dataset's stored order (the order
 ``labels.parquet``), so features of a dataset and of its masked copies line up row by row.
 
 * :func:`model_features`: ``[masked max, masked mean]`` of a GeoJEPA model's target encoder
-  (optionally from the image patches alone).
+  (optionally from the image patches alone, or with entities and patches pooled apart).
 * :func:`tag_pool_features`: TagPool - max and mean over a tile's entities of their tag vectors
   (the sum of the MiniLM vectors of the entity's tags, as in the tokeniser).
 * :func:`tag_count_features`: TagCount - ``log1p`` of how many entities of the tile carry each of
@@ -23,17 +23,18 @@ from numpy.typing import NDArray
 from geojepa.dataset.loader import TagVocabulary
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import Checkpoint, embed_dataset
-from geojepa.model.jepa import GeoJEPA
+from geojepa.model.jepa import GeoJEPA, TilePool
 from geojepa.model.text import tag_embedding_table
 
 
 def model_features(
     checkpoint: Checkpoint, dataset: Path, image_only: bool = False, batch_size: int = 64,
-    layers: int = 1,
+    layers: int = 1, pool: TilePool = "tokens",
 ) -> NDArray[np.float32]:
-    """Tile embeddings of a model, ``[T, 2 * layers * d]`` (see :func:`embed_dataset`)."""
+    """Tile embeddings of a model, ``[T, 2 * layers * d]`` (twice as wide when ``pool`` is
+    ``"modality"`` and the model has entities and images; see :func:`embed_dataset`)."""
     return embed_dataset(checkpoint, dataset, batch_size=batch_size, tokens=False, progress=False,
-                         image_only=image_only, layers=layers).tile
+                         image_only=image_only, layers=layers, pool=pool).tile
 
 
 def tag_pool_features(dataset: Path, vocab: list[str], table_folder: Path) -> NDArray[np.float32]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,23 @@ def test_image_only_baseline_ignores_the_entities(tmp_path: Path) -> None:
     assert (image["masked"] == image["unmasked"]).all()
     model = runs[runs["method"] == "TI"].pivot(index="fold", columns="variant", values="metric")
     assert (model["masked"] != model["unmasked"]).any()
+    # entities and patches pooled apart: every feature of the model doubles, the note says so
+    apart = replace(config, pool="modality", baselines=("image", "random"))
+    evaluate({"TI": ckpt}, ds, tmp_path / "p", apart, progress=False)
+    dims = pd.read_csv(tmp_path / "p" / "health.csv").groupby("method")["dims"].unique()
+    assert {m: list(v) for m, v in dims.items()} == {
+        "TI": [4 * TINY["d"]], "TI image only": [4 * TINY["d"]], "TI random init": [4 * TINY["d"]]}
+    assert "pool their entity tokens and their image patches apart" in (
+        tmp_path / "p" / "results.md").read_text()
+    pooled = _runs(tmp_path / "p")
+    image = pooled[pooled["method"] == "TI image only"].pivot(index="fold", columns="variant",
+                                                              values="metric")
+    assert (image["masked"] == image["unmasked"]).all()
+    together = runs[runs["method"] == "TI"].set_index(["variant", "fold"])["metric"]
+    assert (pooled[pooled["method"] == "TI"].set_index(["variant", "fold"])["metric"]
+            != together).any()
+    with pytest.raises(GeoJepaError, match="pool must be one of tokens, modality, got 'patches'"):
+        evaluate({"TI": ckpt}, ds, tmp_path / "q", replace(config, pool="patches"), progress=False)
 
 
 def test_stored_split_protocol_is_inductive_for_a_train_only_checkpoint(
@@ -380,6 +398,13 @@ def test_cli_multi_layer_probing_widens_every_model_feature(
     width = 2 * 2 * TINY["d"]  # [max | mean] of each of the last two blocks
     assert dims["m"] == width and dims["m random init"] == width and dims["TagPool"] == 2 * 384
     assert "last 2 blocks" in (tmp_path / "r" / "results.md").read_text()
+    # a model without images has one kind of token: pooling by modality changes nothing
+    assert main([*base, "-o", str(tmp_path / "m"), "--pool", "modality"]) == 0
+    same = pd.read_csv(tmp_path / "m" / "runs.csv")
+    assert pd.read_csv(tmp_path / "m" / "health.csv").set_index("method")["dims"]["m"] == 2 * TINY["d"]
+    assert "apart" not in (tmp_path / "m" / "results.md").read_text()
+    assert main([*base, "-o", str(tmp_path / "t")]) == 0
+    assert pd.read_csv(tmp_path / "t" / "runs.csv")["metric"].equals(same["metric"])
     capsys.readouterr()
     assert main([*base, "-o", str(tmp_path / "s"), "--layers", "3"]) == 2
     assert "layers must be between 1 and the model's depth 2, got 3" in capsys.readouterr().err

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geojepa.model.batch import TileBatch
+from geojepa.model.batch import ENTITY, IMAGE, TileBatch
 from geojepa.model.encoder import Predictor, SetEncoder
 from geojepa.model.losses import collapse_metrics, jepa_loss, vicreg_terms
 from geojepa.model.masks import (
@@ -268,6 +268,20 @@ def config_from_preset(name: str, **overrides: Any) -> GeoJEPAConfig:
     return replace(GeoJEPAConfig(), **{**PRESETS[name], **overrides})
 
 
+TilePool = Literal["tokens", "modality"]
+"""How :meth:`GeoJEPA.embed` pools tokens into a tile embedding."""
+TILE_POOLS: tuple[TilePool, ...] = ("tokens", "modality")
+
+
+def _max_mean(h: Tensor, keep: Tensor) -> Tensor:
+    """``[max, mean]`` of ``h`` ``[B, L, c]`` over the positions ``keep`` ``[B, L]`` of each row
+    (zeros for a row with none)."""
+    count = keep.sum(dim=1, keepdim=True)
+    top = h.masked_fill(~keep[..., None], float("-inf")).amax(dim=1).masked_fill(count == 0, 0.0)
+    mean = h.masked_fill(~keep[..., None], 0.0).sum(dim=1) / count.clamp(min=1)
+    return torch.cat([top, mean], dim=-1)
+
+
 def gather(x: Tensor, index: Tensor, tile: Tensor | None = None) -> Tensor:
     """Per-token features at an index from :func:`~geojepa.model.masks.gather_tokens`.
 
@@ -500,7 +514,9 @@ class GeoJEPA(nn.Module):
         return loss, logs
 
     @torch.no_grad()
-    def embed(self, batch: TileBatch, layers: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    def embed(
+        self, batch: TileBatch, layers: int = 1, pool: TilePool = "tokens"
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Token and tile embeddings from the target encoder on the full token sets.
 
         Args:
@@ -509,22 +525,30 @@ class GeoJEPA(nn.Module):
                 final LayerNorm) into the tile embedding, as in multi-layer linear probing;
                 1 (the default, SPEC section 4) pools the last block only. Token embeddings are
                 always the last block's.
+            pool: ``"tokens"`` (SPEC section 5): [max, mean] over all of a tile's real tokens.
+                ``"modality"``: [max, mean] over its entity tokens, then [max, mean] over its
+                image patches, concatenated, so the many patch tokens of a model with images
+                cannot drown its entities; the same as ``"tokens"`` for a model of one kind of
+                token.
 
         Returns:
             ``tokens`` ``Float[B, L, d]`` (zeros at padding), ``valid`` ``Bool[B, L]`` and
-            ``tiles`` ``Float[B, 2 * layers * d]``: [max, mean] over each tile's real tokens
-            only (zeros for a tile without tokens), so a tile's embedding never depends on its
-            batch-mates.
+            ``tiles`` ``Float[B, 2 * k * layers * d]`` (``k`` = the kinds of token pooled
+            apart: 1, or 2 with ``"modality"`` for a model with entities and images): [max,
+            mean] over each tile's real tokens only (zeros where a tile has none), so a tile's
+            embedding never depends on its batch-mates.
 
         Raises:
             GeoJepaError: If images are on and the batch has no imagery.
-            ValueError: If ``layers`` is not between 1 and the encoder depth.
+            ValueError: If ``layers`` is not between 1 and the encoder depth, or ``pool`` is
+                unknown.
         """
+        if pool not in TILE_POOLS:
+            raise ValueError(f"pool must be one of {', '.join(TILE_POOLS)}, got {pool!r}")
         tokens = self.target.tokenizer(batch)
         h = self.target.encoder(tokens.x, tokens.valid, layers).float()
         valid = tokens.valid
-        count = valid.sum(dim=1, keepdim=True)
-        top = h.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
-        top = top.masked_fill(count == 0, 0.0)
-        mean = h.masked_fill(~valid[..., None], 0.0).sum(dim=1) / count.clamp(min=1)
-        return h[..., -self.config.d:], valid, torch.cat([top, mean], dim=-1)
+        groups = [valid]
+        if pool == "modality" and self.config.uses_images and set(self.config.modalities) - {"I"}:
+            groups = [valid & (tokens.modality == kind) for kind in (ENTITY, IMAGE)]
+        return h[..., -self.config.d:], valid, torch.cat([_max_mean(h, g) for g in groups], dim=-1)

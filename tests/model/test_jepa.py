@@ -16,7 +16,14 @@ from geojepa.errors import GeoJepaError
 from geojepa.model import text
 from geojepa.model.batch import TileBatch
 from geojepa.model.encoder import SetEncoder
-from geojepa.model.jepa import PRESETS, GeoJEPA, GeoJEPAConfig, config_from_preset, gather
+from geojepa.model.jepa import (
+    PRESETS,
+    GeoJEPA,
+    GeoJEPAConfig,
+    TilePool,
+    config_from_preset,
+    gather,
+)
 from geojepa.model.masks import MaskConfig, gather_tokens, sample_masks, select_tokens
 
 VOCAB = 30
@@ -88,12 +95,14 @@ def stack(first: TileBatch, second: TileBatch) -> TileBatch:
     )
 
 
-@pytest.mark.parametrize("modalities", ["GT", "GTI"])
-def test_tile_embedding_ignores_batch_mates_and_padding(modalities: str) -> None:
+@pytest.mark.parametrize(("modalities", "pool"), [("GT", "tokens"), ("GTI", "tokens"),
+                                                  ("GTI", "modality")])
+def test_tile_embedding_ignores_batch_mates_and_padding(modalities: str, pool: TilePool) -> None:
     model = make_model(modalities).train()  # embed must not depend on the mode either
     batch = image_batch() if "I" in modalities else random_batch()
-    tokens, valid, tiles = model.embed(batch)
-    assert tiles.shape == (3, 2 * 32) and torch.isfinite(tiles).all()
+    tokens, valid, tiles = model.embed(batch, pool=pool)
+    kinds = 2 if pool == "modality" else 1
+    assert tiles.shape == (3, kinds * 2 * 32) and torch.isfinite(tiles).all()
     for tile in range(3):
         alone = batch.select(slice(tile, tile + 1))
         padded = pad(alone, entities=6, vertices=4, tags=3)
@@ -101,7 +110,7 @@ def test_tile_embedding_ignores_batch_mates_and_padding(modalities: str) -> None
         others = random_batch(counts=(10, 1), seed=5, **(images if "I" in modalities else {}))
         mixed = stack(padded, pad(others, entities=6, vertices=4, tags=3))
         for variant in (alone, padded, mixed):
-            t, v, e = model.embed(variant)
+            t, v, e = model.embed(variant, pool=pool)
             assert torch.allclose(e[0], tiles[tile], rtol=1e-5, atol=1e-5)
             mine = t[0][v[0]]
             assert torch.allclose(mine, tokens[tile][valid[tile]], rtol=1e-5, atol=1e-5)
@@ -138,6 +147,34 @@ def test_multi_layer_embedding_pools_each_of_the_last_blocks() -> None:
     for bad in (0, 4):
         with pytest.raises(ValueError, match="layers must be between 1 and the depth 3"):
             model.embed(batch, layers=bad)
+
+
+def test_modality_pooling_keeps_entities_and_patches_apart() -> None:
+    model = make_model("GTI")
+    batch = image_batch(counts=(4, 0, 10))  # tile 1: no entities; tile 1 has no image either
+    tokens, valid, tiles = model.embed(batch)
+    same_tokens, same_valid, apart = model.embed(batch, pool="modality")
+    assert apart.shape == (3, 4 * 32)
+    assert torch.equal(same_valid, valid) and torch.allclose(same_tokens, tokens, atol=1e-6)
+    n = batch.valid.shape[1]  # entity tokens come first, then the image patches
+    for tile in range(3):
+        parts = []
+        for kind in (slice(0, n), slice(n, None)):
+            real = tokens[tile, kind][valid[tile, kind]]
+            parts += [real.amax(dim=0), real.mean(dim=0)] if len(real) else [torch.zeros(64)]
+        assert torch.allclose(apart[tile], torch.cat(parts), atol=1e-6)
+    assert (apart[1] == 0).all()  # neither entities nor an image
+    assert (apart[2, :64] != 0).any() and (apart[2, 64:] != 0).any()
+    # pooled apart, neither kind is a weighted share of one mean any more
+    assert not torch.allclose(apart[2, 96:], tiles[2, 32:], atol=1e-3)
+    # a model of one kind of token pools the same either way
+    plain = make_model("GT")
+    gt_batch = random_batch(counts=(4, 0, 10))
+    assert torch.equal(plain.embed(gt_batch, pool="modality")[2], plain.embed(gt_batch)[2])
+    deep = make_model("GTI", depth=3).embed(batch, layers=2, pool="modality")[2]
+    assert deep.shape == (3, 2 * 2 * 2 * 32)
+    with pytest.raises(ValueError, match="pool must be one of tokens, modality, got 'entities'"):
+        model.embed(batch, pool="entities")  # type: ignore[arg-type]
 
 
 def test_target_gets_no_gradients_and_ema_moves_it() -> None:
