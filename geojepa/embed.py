@@ -136,6 +136,16 @@ def check_layers(checkpoint: Checkpoint, layers: int) -> None:
                            checkpoint.path)
 
 
+def check_pool(pool: str) -> None:
+    """Check that ``pool`` names a way of pooling tokens into a tile embedding.
+
+    Raises:
+        GeoJepaError: If it is not one of :data:`~geojepa.model.jepa.TILE_POOLS`.
+    """
+    if pool not in TILE_POOLS:
+        raise GeoJepaError(f"pool must be one of {', '.join(TILE_POOLS)}, got {pool!r}")
+
+
 def iter_embeddings(
     checkpoint: Checkpoint,
     dataset: str | Path,
@@ -179,8 +189,7 @@ def iter_embeddings(
     if image_only and not config.uses_images:
         raise GeoJepaError("image-only embeddings need a model that uses images (I)")
     check_layers(checkpoint, layers)
-    if pool not in TILE_POOLS:
-        raise GeoJepaError(f"pool must be one of {', '.join(TILE_POOLS)}, got {pool!r}")
+    check_pool(pool)
     entities_first = bool(set(config.modalities) & {"G", "T"})
     bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    disable=not progress)

@@ -41,7 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from geojepa.atomic import atomic_folder
 from geojepa.dataset.overlap import places_covered, seen_by, tile_keys
 from geojepa.dataset.reader import TileDataset
-from geojepa.embed import Checkpoint, check_layers, load_checkpoint
+from geojepa.embed import Checkpoint, check_layers, check_pool, load_checkpoint
 from geojepa.errors import GeoJepaError
 from geojepa.features import (
     embedding_health,
@@ -51,7 +51,7 @@ from geojepa.features import (
     tag_pool_features,
     training_seed,
 )
-from geojepa.model.jepa import TILE_POOLS, TilePool
+from geojepa.model.jepa import TilePool
 from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, grouped_folds
 from geojepa.report import VARIANTS, write_report
 from geojepa.tasks import (
@@ -137,8 +137,7 @@ class EvalConfig:
             raise GeoJepaError("need at least 3 folds and 1 seed")
         if self.layers < 1:
             raise GeoJepaError(f"layers must be at least 1, got {self.layers}")
-        if self.pool not in TILE_POOLS:
-            raise GeoJepaError(f"pool must be one of {', '.join(TILE_POOLS)}, got {self.pool!r}")
+        check_pool(self.pool)
 
 
 @dataclass
