@@ -42,7 +42,14 @@ from geojepa.model.masks import (
     sample_masks,
 )
 from geojepa.model.text import cache_path, load_tag_table, tag_embedding_table
-from geojepa.model.tokenizer import Tokenizer, Tokens, load_frozen_backbone, parse_modalities
+from geojepa.model.tokenizer import (
+    IMAGE_STEMS,
+    ImageStem,
+    Tokenizer,
+    Tokens,
+    load_frozen_backbone,
+    parse_modalities,
+)
 
 if TYPE_CHECKING:
     from geojepa.dataset.loader import TagVocabulary
@@ -83,6 +90,8 @@ class GeoJEPAConfig:
             number).
         image_size: Image side in pixels.
         patch: Patch side of the trainable patch embedding.
+        image_stem: The trainable patch embedding: ``patch`` (one strided convolution) or
+            ``hmlp`` (a hierarchical MLP stem, non-linear within each patch).
         image_backbone: TorchScript file of a frozen image backbone
             (:func:`~geojepa.model.tokenizer.load_frozen_backbone`); None = trainable patches.
         modality_dropout: Chance per training batch of dropping the tag or the geometry half.
@@ -116,6 +125,7 @@ class GeoJEPAConfig:
     max_vertices: int = 64
     image_size: int = 224
     patch: int = 16
+    image_stem: ImageStem = "patch"
     image_backbone: Path | None = None
     modality_dropout: float = 0.3
     box_noise: float = 0.01
@@ -134,6 +144,8 @@ class GeoJEPAConfig:
             raise ValueError(f"tag_encoder must be 'frozen' or 'learned', got {self.tag_encoder!r}")
         if self.tag_encoder == "frozen" and self.tag_dim != TEXT_DIM:
             raise ValueError(f"the frozen tag encoder has tag_dim {TEXT_DIM}, got {self.tag_dim}")
+        if self.image_stem not in IMAGE_STEMS:
+            raise ValueError(f"image_stem must be one of {', '.join(IMAGE_STEMS)}, got {self.image_stem!r}")
         if self.vocab_size < 0:
             raise ValueError(f"vocab_size must be >= 0, got {self.vocab_size}")
         for name, width, heads in (
@@ -369,6 +381,7 @@ class GeoJEPA(nn.Module):
             image_size=config.image_size,
             patch=config.patch,
             image_backbone=backbone,
+            image_stem=config.image_stem,
             modality_dropout=config.modality_dropout,
             box_noise=config.box_noise,
         )

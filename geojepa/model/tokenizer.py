@@ -6,7 +6,10 @@ Entity tokens (when tags ``T`` or geometry ``G`` are on)::
     geom_vec = Linear([masked mean, masked max] of a vertex transformer)
     content  = MLP([tag_vec, geom_vec])          2d -> 2d -> d, GELU; a missing half is zeros
 
-Image tokens (when ``I`` is on): a trainable 16 px patch embedding (a strided convolution), or a
+Image tokens (when ``I`` is on): a trainable 16 px patch embedding - one strided convolution
+(``patch``, as in I-JEPA) or a hierarchical MLP stem (``hmlp``: 4 px, then 2 x 2, then 2 x 2
+cells, each step a non-overlapping strided convolution with a per-pixel LayerNorm and GELU
+between, after Touvron et al. 2022, so that no patch token sees a pixel of its neighbours) - or a
 frozen pretrained backbone (:func:`load_frozen_backbone`: a ``torch.export`` or TorchScript file)
 followed by LayerNorm + Linear. Each patch's position is its axis-aligned cell in the tile frame;
 image rows run south while the tile frame's y runs north, so patch row 0 is the northern strip
@@ -341,6 +344,43 @@ def load_frozen_backbone(path: Path, image_size: int = 224) -> FrozenBackbone:
         ) from err
 
 
+ImageStem = Literal["patch", "hmlp"]
+IMAGE_STEMS: tuple[ImageStem, ...] = ("patch", "hmlp")
+"""Trainable patch embeddings: one strided convolution, or the hierarchical MLP stem."""
+
+
+class _PixelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of every pixel of a ``[B, C, H, W]`` map (nothing spatial)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise each pixel's channel vector."""
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def hmlp_stem(dim: int, patch: int) -> nn.Sequential:
+    """The hierarchical MLP stem: ``patch / 4`` px cells, then 2 x 2 of those, then 2 x 2 again.
+
+    Every step is a strided convolution whose kernel equals its stride, so a patch token is a
+    (non-linear) function of its own ``patch x patch`` pixels only, as with one strided
+    convolution, and masking a patch hides all of it.
+
+    Args:
+        dim: Output width ``d`` (the first two steps are ``max(d / 4, 8)`` wide).
+        patch: Patch side in pixels, a multiple of 4.
+
+    Raises:
+        ValueError: If ``patch`` is not a positive multiple of 4.
+    """
+    if patch < 4 or patch % 4:
+        raise ValueError(f"the hmlp image stem needs a patch side that is a multiple of 4, got {patch}")
+    width = max(dim // 4, 8)
+    return nn.Sequential(
+        nn.Conv2d(3, width, kernel_size=patch // 4, stride=patch // 4), _PixelNorm(width), nn.GELU(),
+        nn.Conv2d(width, width, kernel_size=2, stride=2), _PixelNorm(width), nn.GELU(),
+        nn.Conv2d(width, dim, kernel_size=2, stride=2),
+    )
+
+
 class ImageEncoder(nn.Module):
     """Image patch tokens: a trainable patch embedding or a frozen backbone + LayerNorm + Linear.
 
@@ -349,24 +389,32 @@ class ImageEncoder(nn.Module):
         image_size: Image side in pixels.
         patch: Patch side in pixels of the trainable patch embedding.
         backbone: A frozen backbone to use instead of the patch embedding.
+        stem: The trainable patch embedding (:data:`IMAGE_STEMS`): ``"patch"``, one strided
+            convolution, or ``"hmlp"`` (:func:`hmlp_stem`).
 
     Attributes:
         grid: Patches per side.
     """
 
     def __init__(
-        self, dim: int, image_size: int, patch: int, backbone: FrozenBackbone | None = None
+        self, dim: int, image_size: int, patch: int, backbone: FrozenBackbone | None = None,
+        stem: ImageStem = "patch",
     ) -> None:
         super().__init__()
         self.dim = dim
         self.image_size = image_size
         self.backbone = backbone
-        self.patch_embed: nn.Conv2d | None = None
+        self.patch_embed: nn.Module | None = None
         self.adapter: nn.Sequential | None = None
+        if stem not in IMAGE_STEMS:
+            raise ValueError(f"image stem must be one of {', '.join(IMAGE_STEMS)}, got {stem!r}")
         if backbone is None:
             if image_size % patch:
                 raise ValueError(f"image_size {image_size} is not a multiple of patch {patch}")
-            self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+            self.patch_embed = (
+                nn.Conv2d(3, dim, kernel_size=patch, stride=patch) if stem == "patch"
+                else hmlp_stem(dim, patch)
+            )
             self.grid = image_size // patch
         else:
             self.adapter = nn.Sequential(
@@ -414,6 +462,7 @@ class Tokenizer(nn.Module):
         image_size: Image side in pixels.
         patch: Patch side of the trainable patch embedding.
         image_backbone: Frozen backbone to use for images instead of the patch embedding.
+        image_stem: The trainable patch embedding (:data:`IMAGE_STEMS`).
         modality_dropout: Chance per training batch of dropping the tag or the geometry half.
         box_noise: Standard deviation of the training noise on token boxes (tile units).
     """
@@ -434,6 +483,7 @@ class Tokenizer(nn.Module):
         image_size: int = 224,
         patch: int = 16,
         image_backbone: FrozenBackbone | None = None,
+        image_stem: ImageStem = "patch",
         modality_dropout: float = 0.3,
         box_noise: float = 0.01,
     ) -> None:
@@ -466,7 +516,9 @@ class Tokenizer(nn.Module):
         self.entities = self.tags is not None or self.geometry is not None
         self.fusion = mlp(2 * dim, 2 * dim, dim) if self.entities else None
         self.image = (
-            ImageEncoder(dim, image_size, patch, image_backbone) if "I" in self.modalities else None
+            ImageEncoder(dim, image_size, patch, image_backbone, image_stem)
+            if "I" in self.modalities
+            else None
         )
         self.pos = mlp(8, 4 * dim, dim)
         self.mod = mlp(NUM_MODALITIES, 4 * dim, dim)

@@ -354,7 +354,11 @@ def test_configs_and_presets() -> None:
     text = yaml.safe_dump(small.to_dict())
     assert GeoJEPAConfig.from_dict(yaml.safe_load(text)) == small
     assert config_from_preset("small", modalities="GTI").uses_images
-    for bad in ({"modalities": "X"}, {"tag_encoder": "frozen", "tag_dim": 32}, {"d": 30}):
+    hmlp = config_from_preset("small", modalities="GTI", image_stem="hmlp")
+    assert GeoJEPAConfig.from_dict(yaml.safe_load(yaml.safe_dump(hmlp.to_dict()))) == hmlp
+    assert GeoJEPAConfig.from_dict({}).image_stem == "patch"  # checkpoints from before the option
+    for bad in ({"modalities": "X"}, {"tag_encoder": "frozen", "tag_dim": 32}, {"d": 30},
+                {"image_stem": "vit"}):
         with pytest.raises(ValueError):
             config_from_preset("small", **bad)
     with pytest.raises(ValueError, match="preset"):

@@ -15,6 +15,7 @@ from geojepa.model import text
 from geojepa.model.batch import ENTITY, IMAGE, TileBatch
 from geojepa.model.tokenizer import (
     FrozenBackbone,
+    ImageEncoder,
     TagEncoder,
     Tokenizer,
     load_frozen_backbone,
@@ -151,10 +152,11 @@ def test_patch_boxes_tile_the_unit_square_north_up() -> None:
     assert (shoelace > 0).all()
 
 
-def test_image_token_positions_follow_the_picture() -> None:
+@pytest.mark.parametrize("stem", ["patch", "hmlp"])
+def test_image_token_positions_follow_the_picture(stem: str) -> None:
     """A bright northern image strip lands in the image tokens whose boxes lie north."""
     batch = random_batch(counts=(3,), image_size=IMAGE_SIZE)
-    tokenizer = make_tokenizer("I").eval()
+    tokenizer = make_tokenizer("I", image_stem=stem).eval()
     assert batch.image is not None
     batch.image.zero_()
     dark = tokenizer(batch).x
@@ -164,6 +166,29 @@ def test_image_token_positions_follow_the_picture() -> None:
     centre_y = tokens.boxes[0].view(-1, 4, 2)[:, :, 1].mean(dim=1)
     assert bright.sum() == IMAGE_SIZE // PATCH
     assert (centre_y[bright] > 1 - 1 / (IMAGE_SIZE // PATCH)).all()
+
+
+def test_hmlp_stem_is_non_linear_and_sees_only_its_own_patch() -> None:
+    """Changing one patch's pixels changes that patch token only; the stem is not linear."""
+    encoder = ImageEncoder(DIM, IMAGE_SIZE, PATCH, stem="hmlp").eval()
+    image = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    edited = image.clone()
+    edited[1, :, PATCH : 2 * PATCH, 2 * PATCH : 3 * PATCH] += 3.0  # patch (row 1, column 2)
+    with torch.no_grad():
+        before, after, doubled = encoder(image), encoder(edited), encoder(2 * image)
+    changed = (after - before).abs().amax(dim=-1) > 1e-6
+    grid = IMAGE_SIZE // PATCH
+    assert changed.shape == (2, grid * grid)
+    assert changed.sum() == 1 and changed[1, grid + 2]
+    assert not torch.allclose(doubled, 2 * before, atol=1e-3)
+    linear = ImageEncoder(DIM, IMAGE_SIZE, PATCH).eval()
+    with torch.no_grad():
+        bias = linear(torch.zeros_like(image))
+        assert torch.allclose(linear(2 * image) - bias, 2 * (linear(image) - bias), atol=1e-4)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ImageEncoder(DIM, 30, 6, stem="hmlp")
+    with pytest.raises(ValueError, match="image stem"):
+        ImageEncoder(DIM, IMAGE_SIZE, PATCH, stem="vit")  # type: ignore[arg-type]
 
 
 def test_tag_encoder_sums_tags_and_zeroes_untagged_entities() -> None:
