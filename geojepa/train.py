@@ -247,8 +247,16 @@ class TileDataModule(L.LightningDataModule):
 def model_config_for(
     ds: TileDataset, vocab: TagVocabulary, train: TrainConfig, overrides: dict[str, Any]
 ) -> GeoJEPAConfig:
-    """The model settings for a dataset: preset + overrides + the dataset's vocabulary."""
-    return config_from_preset(train.preset, **overrides).with_dataset(ds, vocab=vocab)
+    """The model settings for a dataset: preset + overrides + the dataset's vocabulary.
+
+    Raises:
+        GeoJepaError: If the preset is unknown or a setting is invalid.
+    """
+    try:
+        config = config_from_preset(train.preset, **overrides)
+    except ValueError as err:
+        raise GeoJepaError(f"model settings: {err}") from err
+    return config.with_dataset(ds, vocab=vocab)
 
 
 def pretrain(

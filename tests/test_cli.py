@@ -79,5 +79,12 @@ def test_pretrain_from_yaml_with_flag_overrides(tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     bad = run("pretrain", str(data), "-o", str(tmp_path / "r2"), "--lr", "fast")
     assert bad.returncode == 2 and "--lr" in bad.stderr
+    for flag, value, problem in (("--model-image-stem", "vit", "image_stem must be one of patch, hmlp"),
+                                 ("--model-patch", "14", "multiple of 4")):
+        extra = ["--model-image-stem", "hmlp"] if flag == "--model-patch" else []
+        bad = run("pretrain", str(data), "-o", str(tmp_path / "r3"), flag, value, *extra)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and problem in lines[0], bad.stderr[-2000:]
+        assert not (tmp_path / "r3").exists()
     res = run("pretrain", str(data), "-o", str(run_dir), "--config", str(cfg))
     assert res.returncode == 2 and "already has checkpoints" in res.stderr

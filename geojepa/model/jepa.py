@@ -146,6 +146,8 @@ class GeoJEPAConfig:
             raise ValueError(f"the frozen tag encoder has tag_dim {TEXT_DIM}, got {self.tag_dim}")
         if self.image_stem not in IMAGE_STEMS:
             raise ValueError(f"image_stem must be one of {', '.join(IMAGE_STEMS)}, got {self.image_stem!r}")
+        if self.image_stem == "hmlp" and (self.patch < 4 or self.patch % 4):
+            raise ValueError(f"the hmlp image stem needs a patch side that is a multiple of 4, got {self.patch}")
         if self.vocab_size < 0:
             raise ValueError(f"vocab_size must be >= 0, got {self.vocab_size}")
         for name, width, heads in (

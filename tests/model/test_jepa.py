@@ -358,7 +358,7 @@ def test_configs_and_presets() -> None:
     assert GeoJEPAConfig.from_dict(yaml.safe_load(yaml.safe_dump(hmlp.to_dict()))) == hmlp
     assert GeoJEPAConfig.from_dict({}).image_stem == "patch"  # checkpoints from before the option
     for bad in ({"modalities": "X"}, {"tag_encoder": "frozen", "tag_dim": 32}, {"d": 30},
-                {"image_stem": "vit"}):
+                {"image_stem": "vit"}, {"image_stem": "hmlp", "patch": 14}):
         with pytest.raises(ValueError):
             config_from_preset("small", **bad)
     with pytest.raises(ValueError, match="preset"):
