@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp, grouped_folds
+from geojepa.tiles import lonlat_to_mercator, lonlat_to_tile
 
 MAJOR = frozenset({"primary", "secondary"})
 SITE_RADIUS_M = 20.0
@@ -48,11 +49,7 @@ MLP_SEEDS = 3
 
 def tile_xy(lon: NDArray[np.float64], lat: NDArray[np.float64], zoom: int) -> NDArray[np.int64]:
     """Web-mercator tile column and row of each point, shape ``(n, 2)``."""
-    n = 2**zoom
-    x = np.floor((lon + 180.0) / 360.0 * n)
-    rad = np.radians(lat)
-    y = np.floor((1.0 - np.log(np.tan(rad) + 1.0 / np.cos(rad)) / np.pi) / 2.0 * n)
-    return np.stack([x, y], axis=1).astype(np.int64)
+    return np.stack(lonlat_to_tile(lon, lat, zoom), axis=1)
 
 
 def per_tile(points: NDArray[np.int64], keys: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -94,9 +91,8 @@ def signal_sites(pbf: Path, keys: NDArray[np.int64], zoom: int) -> tuple[NDArray
         if node.tags.get("highway") == "traffic_signals" or node.tags.get("crossing") == "traffic_signals":
             rows.append((node.location.lon, node.location.lat, node.tags.get("highway") == "crossing"))
     nodes = pd.DataFrame(rows, columns=["lon", "lat", "crossing"])
-    radius = np.radians(nodes["lat"].mean())
-    metres = np.stack([np.radians(nodes["lon"]) * 6378137.0 * np.cos(radius),
-                       np.radians(nodes["lat"]) * 6378137.0], axis=1)
+    mx, my = lonlat_to_mercator(nodes["lon"].to_numpy(), nodes["lat"].to_numpy())
+    metres = np.stack([mx, my], axis=1) * np.cos(np.radians(nodes["lat"].mean()))  # ground metres
     nodes["site"] = fcluster(linkage(metres, "single"), t=SITE_RADIUS_M, criterion="distance")
     sites = nodes.groupby("site").agg(lon=("lon", "mean"), lat=("lat", "mean"),
                                       crossing=("crossing", "max"), nodes=("lon", "size"))
