@@ -43,10 +43,10 @@ from geojepa.model.masks import (
 )
 from geojepa.model.text import cache_path, load_tag_table, tag_embedding_table
 from geojepa.model.tokenizer import (
-    IMAGE_STEMS,
     ImageStem,
     Tokenizer,
     Tokens,
+    check_image_stem,
     load_frozen_backbone,
     parse_modalities,
 )
@@ -144,10 +144,7 @@ class GeoJEPAConfig:
             raise ValueError(f"tag_encoder must be 'frozen' or 'learned', got {self.tag_encoder!r}")
         if self.tag_encoder == "frozen" and self.tag_dim != TEXT_DIM:
             raise ValueError(f"the frozen tag encoder has tag_dim {TEXT_DIM}, got {self.tag_dim}")
-        if self.image_stem not in IMAGE_STEMS:
-            raise ValueError(f"image_stem must be one of {', '.join(IMAGE_STEMS)}, got {self.image_stem!r}")
-        if self.image_stem == "hmlp" and (self.patch < 4 or self.patch % 4):
-            raise ValueError(f"the hmlp image stem needs a patch side that is a multiple of 4, got {self.patch}")
+        check_image_stem(self.image_stem, self.patch)
         if self.vocab_size < 0:
             raise ValueError(f"vocab_size must be >= 0, got {self.vocab_size}")
         for name, width, heads in (

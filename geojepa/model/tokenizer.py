@@ -357,6 +357,19 @@ class _PixelNorm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+def check_image_stem(stem: str, patch: int) -> None:
+    """Check that ``stem`` is one of :data:`IMAGE_STEMS` and can cut ``patch`` px patches.
+
+    Raises:
+        ValueError: If the stem is unknown, or it is ``hmlp`` and ``patch`` is not a positive
+            multiple of 4.
+    """
+    if stem not in IMAGE_STEMS:
+        raise ValueError(f"image_stem must be one of {', '.join(IMAGE_STEMS)}, got {stem!r}")
+    if stem == "hmlp" and (patch < 4 or patch % 4):
+        raise ValueError(f"the hmlp image stem needs a patch side that is a multiple of 4, got {patch}")
+
+
 def hmlp_stem(dim: int, patch: int) -> nn.Sequential:
     """The hierarchical MLP stem: ``patch / 4`` px cells, then 2 x 2 of those, then 2 x 2 again.
 
@@ -371,8 +384,7 @@ def hmlp_stem(dim: int, patch: int) -> nn.Sequential:
     Raises:
         ValueError: If ``patch`` is not a positive multiple of 4.
     """
-    if patch < 4 or patch % 4:
-        raise ValueError(f"the hmlp image stem needs a patch side that is a multiple of 4, got {patch}")
+    check_image_stem("hmlp", patch)
     width = max(dim // 4, 8)
     return nn.Sequential(
         nn.Conv2d(3, width, kernel_size=patch // 4, stride=patch // 4), _PixelNorm(width), nn.GELU(),
@@ -406,8 +418,7 @@ class ImageEncoder(nn.Module):
         self.backbone = backbone
         self.patch_embed: nn.Module | None = None
         self.adapter: nn.Sequential | None = None
-        if stem not in IMAGE_STEMS:
-            raise ValueError(f"image stem must be one of {', '.join(IMAGE_STEMS)}, got {stem!r}")
+        check_image_stem(stem, patch)
         if backbone is None:
             if image_size % patch:
                 raise ValueError(f"image_size {image_size} is not a multiple of patch {patch}")

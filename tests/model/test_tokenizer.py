@@ -187,7 +187,7 @@ def test_hmlp_stem_is_non_linear_and_sees_only_its_own_patch() -> None:
         assert torch.allclose(linear(2 * image) - bias, 2 * (linear(image) - bias), atol=1e-4)
     with pytest.raises(ValueError, match="multiple of 4"):
         ImageEncoder(DIM, 30, 6, stem="hmlp")
-    with pytest.raises(ValueError, match="image stem"):
+    with pytest.raises(ValueError, match="image_stem"):
         ImageEncoder(DIM, IMAGE_SIZE, PATCH, stem="vit")  # type: ignore[arg-type]
 
 
