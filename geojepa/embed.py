@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from geojepa.dataset.loader import TagVocabulary, TileStream
+from geojepa.dataset.reader import TileDataset
 from geojepa.errors import GeoJepaError
 from geojepa.model.batch import TileBatch
 from geojepa.model.jepa import TILE_POOLS, GeoJEPA, GeoJEPAConfig, TilePool
@@ -81,6 +82,50 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     model.eval().to(device)
     pretrain_data = dict(raw.get("pretrain_data", {}))
     return Checkpoint(model, config, vocabulary, dict(hparams["train"]), pretrain_data, path)
+
+
+def new_tags(checkpoint: Checkpoint, dataset: str | Path) -> list[str]:
+    """The tags of a dataset that a checkpoint's pretraining vocabulary lacks, in the dataset's
+    vocabulary order."""
+    known = set(checkpoint.vocabulary)
+    tags = TileDataset(dataset).vocabulary().column("tag").to_pylist()
+    return [t for t in tags if t not in known]
+
+
+def with_dataset_tags(checkpoint: Checkpoint, dataset: str | Path) -> Checkpoint:
+    """The checkpoint, reading also the tags of ``dataset`` that its pretraining never saw.
+
+    The frozen tag encoder embeds a tag with the text model, so it can read a tag it was not
+    pretrained on: the unseen tags get their text vectors as new ids after the known ones
+    (which keep their rows); every trained weight is unchanged. A learned tag table has no row
+    for an unseen tag, so such a model (and one without tags) is returned as it is and its
+    unseen tags stay absent, as they do for every model when no tag is new.
+
+    Args:
+        checkpoint: From :func:`load_checkpoint` (or :func:`random_init`).
+        dataset: The dataset to embed (the extended table is cached in its folder).
+
+    Returns:
+        ``checkpoint`` itself, or a copy whose vocabulary and model read the new tags too.
+
+    Raises:
+        GeoJepaError: If the new tags must be embedded and the text model is unavailable.
+    """
+    config = checkpoint.config
+    new = new_tags(checkpoint, dataset) if config.uses_tag_table else []
+    if not new:
+        return checkpoint
+    vocabulary = [*checkpoint.vocabulary, *new]
+    model = checkpoint.model
+    known = model.tokenizer.tags.table if model.tokenizer.tags is not None else None
+    table = tag_embedding_table(Path(dataset), vocabulary, known=known)
+    config = replace(config, vocab_size=len(vocabulary), tag_table=cache_path(Path(dataset), vocabulary))
+    with torch.random.fork_rng():  # building draws weights that load_state_dict overwrites
+        extended = GeoJEPA(config, tag_table=table)
+    extended.load_state_dict(model.state_dict())
+    extended.eval().to(next(model.parameters()).device)
+    return Checkpoint(extended, config, vocabulary, checkpoint.train, checkpoint.pretrain_data,
+                      checkpoint.path)
 
 
 @dataclass
@@ -162,7 +207,8 @@ def iter_embeddings(
     Args:
         checkpoint: From :func:`load_checkpoint`.
         dataset: Dataset folder (its tags are mapped through the checkpoint's vocabulary; tags the
-            model never saw count as absent).
+            model never saw are read by a frozen tag encoder and count as absent for a learned
+            one; see :func:`with_dataset_tags`).
         splits: Splits to embed; None for all tiles.
         batch_size: Tiles per forward pass.
         tokens: Also return entity and patch embeddings.
@@ -177,6 +223,7 @@ def iter_embeddings(
     Yields:
         One :class:`Embeddings` per batch.
     """
+    checkpoint = with_dataset_tags(checkpoint, dataset)
     model, config = checkpoint.model, checkpoint.config
     device = next(model.parameters()).device
     stream = TileStream(

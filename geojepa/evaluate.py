@@ -41,7 +41,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from geojepa.atomic import atomic_folder
 from geojepa.dataset.overlap import places_covered, seen_by, tile_keys
 from geojepa.dataset.reader import TileDataset
-from geojepa.embed import Checkpoint, check_layers, check_pool, load_checkpoint
+from geojepa.embed import Checkpoint, check_layers, check_pool, load_checkpoint, new_tags
 from geojepa.errors import GeoJepaError
 from geojepa.features import (
     embedding_health,
@@ -540,12 +540,28 @@ def _notes(
         if keys is not None and _other_inputs(cs[most], ds):
             covered = places_covered(cs[most].pretrain_data, keys)
             note += _place_note(covered, _seen_share(seen[most]))
+        note += _vocabulary_note(cs[0], ds)
         if len(cs) > 1:
             seeds = ", ".join(str(training_seed(c)) for c in cs)
             note += (f" {len(cs)} pretraining replicates (training seeds {seeds}); its cells and "
                      "its random-init twins average them per fold.")
         notes.append(f"{name}: {note}")
     return notes
+
+
+def _vocabulary_note(ckpt: Checkpoint, ds: TileDataset) -> str:
+    """What a note adds when the dataset has tags the model's pretraining never saw."""
+    if "T" not in ckpt.config.modalities:
+        return ""
+    new = len(new_tags(ckpt, ds.folder))
+    if not new:
+        return ""
+    total = ds.vocabulary().num_rows
+    if ckpt.config.uses_tag_table:
+        return (f" {new} of the dataset's {total} tags are not in its pretraining vocabulary; its "
+                "frozen text tag encoder reads them (trained weights unchanged).")
+    return (f" {new} of the dataset's {total} tags are not in its pretraining vocabulary; its "
+            "learned tag table has no row for them, so they count as absent.")
 
 
 def _other_inputs(ckpt: Checkpoint, ds: TileDataset) -> bool:

@@ -154,7 +154,11 @@ def cache_path(dataset_folder: Path, vocab: list[str], model_name: str = BUNDLED
 
 
 def tag_embedding_table(
-    dataset_folder: Path, vocab: list[str], model_name: str = BUNDLED_MODEL, progress: bool = False
+    dataset_folder: Path,
+    vocab: list[str],
+    model_name: str = BUNDLED_MODEL,
+    progress: bool = False,
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The frozen embedding table of a dataset's tag vocabulary, cached beside the dataset.
 
@@ -164,6 +168,9 @@ def tag_embedding_table(
         model_name: :data:`BUNDLED_MODEL` (the packaged MiniLM) or the path of a local
             sentence-transformers model folder.
         progress: Show the text model's progress bar when the table is computed.
+        known: The first rows of the table when they are already at hand (row 0 and the
+            vectors of ``vocab[:len(known) - 1]``, from the same text model); only the tags
+            after them are embedded.
 
     Returns:
         ``Float[len(vocab) + 1, dim]``; row 0 (the "no tag" id) is zeros.
@@ -177,8 +184,10 @@ def tag_embedding_table(
     if cached is not None:
         return cached
     model_path = None if model_name == BUNDLED_MODEL else Path(model_name)
-    vectors = torch.from_numpy(embed_tags(vocab, model_path, progress=progress))
-    table = torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
+    done = 0 if known is None else len(known) - 1
+    vectors = torch.from_numpy(embed_tags(vocab[done:], model_path, progress=progress))
+    head = vectors.new_zeros(1, vectors.shape[1]) if known is None else known.float().cpu()
+    table = torch.cat([head, vectors])
     _write_cache(path, table, {"model": model_name, "format": TEXT_FORMAT, "hash": digest})
     return table
 
