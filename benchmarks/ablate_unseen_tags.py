@@ -27,7 +27,7 @@ from geojepa.cli import main as geojepa_main
 
 HERE = Path(__file__).resolve().parent
 REPORT = HERE / "evaluate" / "helsinki_transfer_seeds" / "runs.csv"
-MODELS = {"T-city8km": "transfer_city_T", "T-town": "town17_T"}
+MODELS = {"T-city8km": "scale8_T", "T-town": "town17_T"}
 """Inductive models of helsinki_transfer -> their run folders' prefix in the work folder."""
 SEEDS = 5
 

