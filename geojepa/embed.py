@@ -117,8 +117,7 @@ def with_dataset_tags(checkpoint: Checkpoint, dataset: str | Path) -> Checkpoint
         return checkpoint
     vocabulary = [*checkpoint.vocabulary, *new]
     model = checkpoint.model
-    known = model.tokenizer.tags.table if model.tokenizer.tags is not None else None
-    table = tag_embedding_table(Path(dataset), vocabulary, known=known)
+    table = tag_embedding_table(Path(dataset), vocabulary, known=model.tokenizer.tags.table)
     config = replace(config, vocab_size=len(vocabulary), tag_table=cache_path(Path(dataset), vocabulary))
     with torch.random.fork_rng():  # building draws weights that load_state_dict overwrites
         extended = GeoJEPA(config, tag_table=table)
