@@ -1,0 +1,205 @@
+"""Does a count-aware tile pooling close the masked traffic_signals gap on the city? (issue 4)
+
+The SPEC's tile embedding is ``[max, mean]`` over a tile's tokens. A mean cannot tell a tile
+with two primary roads among forty trees from one with one primary road among twenty, while
+TagCount (``log1p`` of per-tag entity counts), the best baseline on masked traffic_signals of
+the synthetic city, reads counts directly: a linear probe on log counts fitting a log target
+models the product of the north-south and east-west major streets that make junctions. This
+ablation pools the *same* entity vectors four more ways and probes them on the same folds:
+
+* ``max, mean`` - the SPEC's pooling (for the models, exactly their tile embedding);
+* ``+ log n`` - and ``log1p`` of the tile's entity count;
+* ``+ sum`` - and the per-channel sum (mean times count);
+* ``+ log soft counts`` - and ``log1p`` of the per-channel sum of the non-negative parts, the
+  learned-feature analogue of TagCount;
+* ``log soft counts`` alone.
+
+Entity vectors: the last-block entity embeddings of tags-only (T) and tags+geometry (GT)
+small-preset models pretrained on the 8 km city of ``bench_evaluate.py --regions city_scale``
+(2 epochs, the flags of every city table; inductive), of their random initialisations, and
+TagPool's tag vectors. Evaluated on the 4 km city (741 zoom-17 tiles), masked, the 5 folds over
+zoom-14 groups of every city table, count labels fitted in log space.
+
+Run by hand from the repository root (venv active, about 15 minutes on 2 cores):
+
+    python benchmarks/ablate_tile_pool.py --out benchmarks/ablate_tile_pool.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+from bench_evaluate import PRETRAIN, SCALE_CITIES, pretrain_runs, run, tags_city
+from numpy.typing import NDArray
+
+from geojepa.dataset.loader import TagVocabulary
+from geojepa.dataset.reader import TileDataset
+from geojepa.embed import embed_dataset, load_checkpoint
+from geojepa.features import _pool, random_init, tag_count_features
+from geojepa.model.text import tag_embedding_table
+from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp, grouped_folds
+from geojepa.tasks import masked_dataset
+
+TASKS = ("traffic_signals", "building_count")
+SEEDS = 2
+MLP_SEEDS = 2
+EPOCHS = 2
+Pooling = Callable[[NDArray[np.float32], NDArray[np.int64], int], NDArray[np.float32]]
+
+
+def _sums(vectors: NDArray[np.float32], tile: NDArray[np.int64], num_tiles: int) -> NDArray[np.float32]:
+    total = np.zeros((num_tiles, vectors.shape[1]), np.float32)
+    np.add.at(total, tile, vectors)
+    return total
+
+
+def _log_count(tile: NDArray[np.int64], num_tiles: int) -> NDArray[np.float32]:
+    return np.log1p(np.bincount(tile, minlength=num_tiles)[:, None]).astype(np.float32)
+
+
+def _soft_counts(vectors: NDArray[np.float32], tile: NDArray[np.int64], num_tiles: int) -> NDArray[np.float32]:
+    return np.log1p(_sums(np.maximum(vectors, 0.0), tile, num_tiles))
+
+
+POOLS: dict[str, Pooling] = {
+    "max, mean": _pool,
+    "+ log n": lambda v, t, n: np.hstack([_pool(v, t, n), _log_count(t, n)]),
+    "+ sum": lambda v, t, n: np.hstack([_pool(v, t, n), _sums(v, t, n)]),
+    "+ log soft counts": lambda v, t, n: np.hstack([_pool(v, t, n), _soft_counts(v, t, n)]),
+    "log soft counts": _soft_counts,
+}
+
+
+def tag_vectors(dataset: Path, vocab: list[str], table_folder: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """TagPool's per-entity vectors (the sum of the entity's MiniLM tag vectors) and their tile rows."""
+    table = tag_embedding_table(table_folder, vocab).numpy()
+    ids = TagVocabulary(vocab)
+    vectors, tiles, offset = [], [], 0
+    for batch in TileDataset(dataset).iter_batches(columns=["entities"]):
+        entities = pc.list_flatten(batch.column("entities"))
+        tags = entities.field("tags")
+        v = np.zeros((len(entities), table.shape[1]), np.float32)
+        np.add.at(v, pc.list_parent_indices(tags).to_numpy(), table[ids.ids(pc.list_flatten(tags))])
+        vectors.append(v)
+        tiles.append(pc.list_parent_indices(batch.column("entities")).to_numpy() + offset)
+        offset += batch.num_rows
+    return np.concatenate(vectors), np.concatenate(tiles)
+
+
+def fold_scores(x: NDArray[np.float32], y: NDArray[np.float64], folds: list[Fold], probe: str) -> list[float]:
+    """Test MAE per fold, as ``geojepa evaluate`` fits it (the MLP's: mean over its seeds)."""
+    if probe == "linear":
+        return [fit_linear(x, y, f, "regression", log_target=True).metric for f in folds]
+    return [float(np.mean([fit_mlp(x, y, f, "regression", log_target=True, seed=s).metric
+                           for s in range(MLP_SEEDS)])) for f in folds]
+
+
+def entity_sources(checkpoints: dict[str, list[Path]], dataset: Path, vocab: list[str],
+                   table_folder: Path) -> dict[str, list[tuple[NDArray[np.float32], NDArray[np.int64]]]]:
+    """Per method, one (entity vectors, tile rows) pair per replicate, on ``dataset``."""
+    sources: dict[str, list[tuple[NDArray[np.float32], NDArray[np.int64]]]] = {
+        "TagPool vectors": [tag_vectors(dataset, vocab, table_folder)]}
+    for name, paths in checkpoints.items():
+        for label, build in ((name, lambda c: c), (f"{name} random init", random_init)):
+            for path in paths:
+                emb = embed_dataset(build(load_checkpoint(path)), dataset, progress=False)
+                pooled = _pool(emb.entity, emb.entity_tile, len(emb.tiles))
+                if not np.allclose(pooled, emb.tile, atol=1e-5):
+                    raise SystemExit(f"{label}: [max, mean] of its entities is not its tile embedding")
+                sources.setdefault(label, []).append((emb.entity, emb.entity_tile))
+    return sources
+
+
+def ablate(checkpoints: dict[str, list[Path]], ds: Path) -> pd.DataFrame:
+    """Every task x method x pooling x probe: fold scores (mean over replicates)."""
+    labels = pd.read_parquet(ds / "tasks" / "labels.parquet")
+    zoom = int(labels["z"].iloc[0])
+    folds = grouped_folds(labels[["x", "y"]].to_numpy() >> (zoom - 14), 5, 0)
+    vocab = TileDataset(ds).vocabulary().column("tag").to_pylist()
+    rows = []
+    for task in TASKS:
+        y = labels[task].to_numpy(np.float64)
+        source = masked_dataset(ds, task)
+        rows.append({"task": task, "method": "Dummy", "pool": "", "probe": "",
+                     **dict(enumerate(fit_dummy(y, f, "regression").metric for f in folds))})
+        count_features = tag_count_features(source, vocab)
+        for probe in ("linear", "mlp"):
+            rows.append({"task": task, "method": "TagCount", "pool": "", "probe": probe,
+                         **dict(enumerate(fold_scores(count_features, y, folds, probe)))})
+        for method, replicates in entity_sources(checkpoints, source, vocab, ds).items():
+            for pool, pooling in POOLS.items():
+                for probe in ("linear", "mlp"):
+                    scores = np.mean([fold_scores(pooling(v, t, len(y)), y, folds, probe)
+                                      for v, t in replicates], axis=0)
+                    rows.append({"task": task, "method": method, "pool": pool, "probe": probe,
+                                 **dict(enumerate(scores))})
+                    print(f"{task} {method} [{pool}] {probe}: {scores.mean():.4f}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def table(results: pd.DataFrame, task: str) -> list[str]:
+    """Markdown rows of one task: fold mean per pooling and probe, and folds won against the
+    SPEC pooling of the same vectors."""
+    part = results[results.task == task]
+    folds = [c for c in part.columns if isinstance(c, int)]
+    lines = [f"### {task}", "", "| vectors | probe | " + " | ".join(POOLS) + " |",
+             "|---|---|" + "---|" * len(POOLS)]
+    for (method, probe), group in part[part.pool != ""].groupby(["method", "probe"], sort=False):
+        base = group[group.pool == "max, mean"][folds].to_numpy()[0]
+        cells = []
+        for pool in POOLS:
+            score = group[group.pool == pool][folds].to_numpy()[0]
+            won = "" if pool == "max, mean" else f" ({int((score < base).sum())}/5)"
+            cells.append(f"{score.mean():.3f}{won}")
+        lines.append(f"| {method} | {probe} | " + " | ".join(cells) + " |")
+    for _, row in part[part.pool == ""].iterrows():
+        probe = row.probe or "-"
+        lines.append(f"| {row.method} | {probe} | {row[folds].to_numpy().mean():.3f} |" + " |" * (len(POOLS) - 1))
+    return [*lines, ""]
+
+
+def main() -> None:
+    """Prepare the cities, pretrain T and GT on the 8 km one, ablate the pooling, write the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/geojepa-pool"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/ablate_tile_pool.md"))
+    args = parser.parse_args()
+    log: list[str] = []
+    datasets = {}
+    for size_km in (4.0, 8.0):
+        datasets[size_km] = args.work / f"scale{size_km:g}"
+        tags_city(args.work / f"scale{size_km:g}_src", datasets[size_km], size_km, SCALE_CITIES[size_km], log)
+    run(["tasks", str(datasets[4.0]), "--overwrite"], log)
+    checkpoints = {}
+    for modalities in ("T", "GT"):
+        dirs = pretrain_runs(datasets[8.0], args.work / f"scale8_{modalities}", SEEDS,
+                             ["--epochs", str(EPOCHS), "--model-modalities", modalities, *PRETRAIN], log)
+        checkpoints[f"{modalities}-city8km"] = [d / "checkpoints" / "last.ckpt" for d in dirs]
+    results = ablate(checkpoints, datasets[4.0])
+    results.to_csv(args.work / "ablate_tile_pool.csv", index=False)
+    header = [
+        "# Count-aware tile pooling on masked traffic_signals of the synthetic city (issue 4)", "",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
+        "Command: `python benchmarks/ablate_tile_pool.py`  ",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}, no GPU  ",
+        (f"Models: small preset, tags only (T) and tags + geometry (GT), pretrained on the 8 km "
+         f"city ({EPOCHS} epochs, training seeds 0..{SEEDS - 1}, inductive), cells averaged over the "
+         f"seeds; evaluated on the 4 km city, masked, 5 folds over zoom-14 groups, count labels in "
+         f"log space, MLP mean of {MLP_SEEDS} seeds. Test MAE, fold mean; in brackets the folds on "
+         "which the pooling beats `max, mean` of the same vectors and probe."), "",
+    ]
+    lines = [line for task in TASKS for line in table(results, task)]
+    args.out.write_text("\n".join([*header, *lines, "Commands and wall times:", "",
+                                   "| command | s |", "|---|---|", *log, ""]))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
