@@ -35,15 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
 from bench_evaluate import PRETRAIN, SCALE_CITIES, pretrain_runs, run, tags_city
 from numpy.typing import NDArray
 
-from geojepa.dataset.loader import TagVocabulary
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import embed_dataset, load_checkpoint
-from geojepa.features import _pool, random_init, tag_count_features
-from geojepa.model.text import tag_embedding_table
+from geojepa.features import iter_entity_tag_vectors, pool_rows, random_init, tag_count_features
 from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp, grouped_folds
 from geojepa.tasks import masked_dataset
 
@@ -69,27 +66,21 @@ def _soft_counts(vectors: NDArray[np.float32], tile: NDArray[np.int64], num_tile
 
 
 POOLS: dict[str, Pooling] = {
-    "max, mean": _pool,
-    "+ log n": lambda v, t, n: np.hstack([_pool(v, t, n), _log_count(t, n)]),
-    "+ sum": lambda v, t, n: np.hstack([_pool(v, t, n), _sums(v, t, n)]),
-    "+ log soft counts": lambda v, t, n: np.hstack([_pool(v, t, n), _soft_counts(v, t, n)]),
+    "max, mean": pool_rows,
+    "+ log n": lambda v, t, n: np.hstack([pool_rows(v, t, n), _log_count(t, n)]),
+    "+ sum": lambda v, t, n: np.hstack([pool_rows(v, t, n), _sums(v, t, n)]),
+    "+ log soft counts": lambda v, t, n: np.hstack([pool_rows(v, t, n), _soft_counts(v, t, n)]),
     "log soft counts": _soft_counts,
 }
 
 
 def tag_vectors(dataset: Path, vocab: list[str], table_folder: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """TagPool's per-entity vectors (the sum of the entity's MiniLM tag vectors) and their tile rows."""
-    table = tag_embedding_table(table_folder, vocab).numpy()
-    ids = TagVocabulary(vocab)
+    """TagPool's per-entity vectors over the whole dataset and the row of each entity's tile."""
     vectors, tiles, offset = [], [], 0
-    for batch in TileDataset(dataset).iter_batches(columns=["entities"]):
-        entities = pc.list_flatten(batch.column("entities"))
-        tags = entities.field("tags")
-        v = np.zeros((len(entities), table.shape[1]), np.float32)
-        np.add.at(v, pc.list_parent_indices(tags).to_numpy(), table[ids.ids(pc.list_flatten(tags))])
+    for v, tile, num_tiles in iter_entity_tag_vectors(dataset, vocab, table_folder):
         vectors.append(v)
-        tiles.append(pc.list_parent_indices(batch.column("entities")).to_numpy() + offset)
-        offset += batch.num_rows
+        tiles.append(tile + offset)
+        offset += num_tiles
     return np.concatenate(vectors), np.concatenate(tiles)
 
 
@@ -110,7 +101,7 @@ def entity_sources(checkpoints: dict[str, list[Path]], dataset: Path, vocab: lis
         for label, build in ((name, lambda c: c), (f"{name} random init", random_init)):
             for path in paths:
                 emb = embed_dataset(build(load_checkpoint(path)), dataset, progress=False)
-                pooled = _pool(emb.entity, emb.entity_tile, len(emb.tiles))
+                pooled = pool_rows(emb.entity, emb.entity_tile, len(emb.tiles))
                 if not np.allclose(pooled, emb.tile, atol=1e-5):
                     raise SystemExit(f"{label}: [max, mean] of its entities is not its tile embedding")
                 sources.setdefault(label, []).append((emb.entity, emb.entity_tile))

@@ -13,6 +13,7 @@ Every function returns one row per tile in the dataset's stored order (the order
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,31 +38,50 @@ def model_features(
                          image_only=image_only, layers=layers, pool=pool).tile
 
 
-def tag_pool_features(dataset: Path, vocab: list[str], table_folder: Path) -> NDArray[np.float32]:
-    """TagPool features ``[T, 2 * 384]``: max and mean of the entities' tag vectors.
+def iter_entity_tag_vectors(
+    dataset: Path, vocab: list[str], table_folder: Path
+) -> Iterator[tuple[NDArray[np.float32], NDArray[np.int64], int]]:
+    """Each entity's tag vector (the sum of the MiniLM vectors of its tags), batch by batch.
 
     Args:
         dataset: The (possibly masked) dataset.
         vocab: Vocabulary the tag table covers (that of the unmasked dataset, so every variant
             uses the same table).
         table_folder: Where the MiniLM tag table is cached.
+
+    Yields:
+        Per stored batch: ``[E, 384]`` entity vectors, ``[E]`` the row of each entity's tile
+        within the batch, and the batch's number of tiles.
     """
     table = tag_embedding_table(table_folder, vocab).numpy()
     ids = TagVocabulary(vocab)
-    rows = []
     for batch in TileDataset(dataset).iter_batches(columns=["entities"]):
         entities = pc.list_flatten(batch.column("entities"))
         tags = entities.field("tags")
-        tag_entity = pc.list_parent_indices(tags).to_numpy()
-        entity_tile = pc.list_parent_indices(batch.column("entities")).to_numpy()
         vectors = np.zeros((len(entities), table.shape[1]), np.float32)
-        np.add.at(vectors, tag_entity, table[ids.ids(pc.list_flatten(tags))])
-        rows.append(_pool(vectors, entity_tile, batch.num_rows))
-    return np.concatenate(rows)
+        np.add.at(vectors, pc.list_parent_indices(tags).to_numpy(), table[ids.ids(pc.list_flatten(tags))])
+        yield vectors, pc.list_parent_indices(batch.column("entities")).to_numpy(), batch.num_rows
 
 
-def _pool(vectors: NDArray[np.float32], tile: NDArray[np.int64], num_tiles: int) -> NDArray[np.float32]:
-    """``[max, mean]`` of row vectors per tile (zeros for a tile without rows)."""
+def tag_pool_features(dataset: Path, vocab: list[str], table_folder: Path) -> NDArray[np.float32]:
+    """TagPool features ``[T, 2 * 384]``: max and mean of the entities' tag vectors (arguments
+    as :func:`iter_entity_tag_vectors`)."""
+    return np.concatenate([pool_rows(vectors, tile, num_tiles) for vectors, tile, num_tiles
+                           in iter_entity_tag_vectors(dataset, vocab, table_folder)])
+
+
+def pool_rows(vectors: NDArray[np.float32], tile: NDArray[np.int64], num_tiles: int) -> NDArray[np.float32]:
+    """``[max, mean]`` of row vectors per tile (zeros for a tile without rows), as the SPEC pools
+    a tile's tokens.
+
+    Args:
+        vectors: ``[N, c]`` row vectors.
+        tile: ``[N]`` the tile of each row, ``0 <= tile < num_tiles``.
+        num_tiles: Number of tiles.
+
+    Returns:
+        ``[num_tiles, 2 * c]``.
+    """
     d = vectors.shape[1]
     top = np.full((num_tiles, d), -np.inf, np.float32)
     np.maximum.at(top, tile, vectors)
