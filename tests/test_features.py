@@ -1,11 +1,45 @@
-"""Collapse indicators of tile embeddings (the evaluation report's health section)."""
+"""Tile features of the evaluation: TagPool's pooling of entity tag vectors, and the collapse
+indicators of the report's health section."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from geojepa.features import embedding_health
+from geojepa.dataset.reader import TileDataset
+from geojepa.features import embedding_health, pool_rows, tag_pool_features
+from geojepa.model.text import tag_embedding_table
+from geojepa.prepare import PrepareConfig, prepare
+
+
+def test_pool_rows_is_max_then_mean_per_tile_and_zero_for_an_empty_tile() -> None:
+    vectors = np.array([[1.0, -2.0], [3.0, -4.0], [-5.0, 6.0]], np.float32)
+    pooled = pool_rows(vectors, np.array([0, 0, 2]), 3)
+    np.testing.assert_array_equal(pooled, [[3, -2, 2, -3], [0, 0, 0, 0], [-5, 6, -5, 6]])
+
+
+def test_tag_pool_pools_each_entitys_summed_tag_vectors(
+    fixture_osm: Path, tmp_path: Path
+) -> None:
+    """Row by row against the MiniLM vectors read straight from the stored tags."""
+    ds = tmp_path / "ds"
+    prepare([fixture_osm], ds, config=PrepareConfig(workers=0), progress=False)
+    vocab = TileDataset(ds).vocabulary().column("tag").to_pylist()
+    table = tag_embedding_table(ds, vocab).numpy()
+    row_of = {tag: i + 1 for i, tag in enumerate(vocab)}  # row 0: no tag
+    features = tag_pool_features(ds, vocab, ds)
+    tiles = [t for b in TileDataset(ds).iter_batches(columns=["entities"])
+             for t in b.column("entities").to_pylist()]
+    assert features.shape == (len(tiles), 2 * table.shape[1])
+    assert sum(bool(t) for t in tiles) >= 2
+    for entities, row in zip(tiles, features, strict=True):
+        if not entities:
+            assert not row.any()
+            continue
+        vectors = np.stack([table[[row_of[t] for t in e["tags"]]].sum(axis=0) for e in entities])
+        np.testing.assert_allclose(row, np.concatenate([vectors.max(0), vectors.mean(0)]), atol=1e-5)
 
 
 def test_isotropic_embeddings_are_healthy() -> None:
