@@ -14,12 +14,17 @@ same probes, on the same spatially grouped folds, as ``geojepa evaluate`` uses:
   crossing sites - where the image paints crosswalks;
 * both together.
 
-Nothing here is learnt from the image or the tokens: the rows are the floors a model's tile
+Nothing in these rows is learnt from the image or the tokens: they are the floors a model's tile
 embedding could reach if it read the road network or the crosswalks perfectly. Each junction
 site's one-node-or-one-per-approach mapping is a coin flip nothing shows, so even the sites do
 not give a zero error.
 
-Run by hand from the repository root (venv active, about a minute on 2 cores):
+A last row asks whether the crosswalks can be *learnt* from the tile images at this sample size:
+a small CNN trained on the labels themselves (supervised, on each fold's train tiles, early
+stopped on its validation tiles): what the images can teach without a hand-made detector, the
+mark for self-supervised image features under a probe.
+
+Run by hand from the repository root (venv active, about 7 minutes on 2 cores):
 
     python benchmarks/headroom_city_signals.py --size-km 4 --out benchmarks/headroom_city_signals.md
 """
@@ -35,16 +40,23 @@ from pathlib import Path
 import numpy as np
 import osmium
 import pandas as pd
+import torch
 from bench_evaluate import run
 from numpy.typing import NDArray
 from scipy.cluster.hierarchy import fcluster, linkage
+from torch import nn
 
+from geojepa.dataset.loader import IMAGE_MEAN, IMAGE_STD
+from geojepa.dataset.reader import TileDataset
+from geojepa.imagery import decode_image
 from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp, grouped_folds
 from geojepa.tiles import lonlat_to_mercator, lonlat_to_tile
 
 MAJOR = frozenset({"primary", "secondary"})
 SITE_RADIUS_M = 20.0
 MLP_SEEDS = 3
+CNN_MAX_EPOCHS = 40
+CNN_PATIENCE = 8
 
 
 def tile_xy(lon: NDArray[np.float64], lat: NDArray[np.float64], zoom: int) -> NDArray[np.int64]:
@@ -116,18 +128,82 @@ def scores(x: NDArray[np.float64] | None, y: NDArray[np.float64], folds: list[Fo
                            for s in range(MLP_SEEDS)])) for fold in folds]
 
 
+def tile_images(ds: Path, keys: NDArray[np.int64]) -> NDArray[np.float32]:
+    """The dataset's tile images, normalised as the model sees them: ``[N, 3, S, S]``, keys order."""
+    images = {}
+    for tile in TileDataset(ds).iter_tiles(columns=["x", "y", "image"]):
+        rgb = decode_image(tile["image"]).astype(np.float32) / 255.0
+        images[(tile["x"], tile["y"])] = ((rgb - IMAGE_MEAN) / IMAGE_STD).transpose(2, 0, 1)
+    return np.stack([images[(int(x), int(y))] for x, y in keys])
+
+
+def image_cnn() -> nn.Module:
+    """A small fully convolutional counter: four 3x3 conv blocks (three stride 2), mean pooled."""
+    layers: list[nn.Module] = []
+    for cin, cout, stride in ((3, 12, 2), (12, 24, 2), (24, 32, 2), (32, 32, 1)):
+        layers += [nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.GELU()]
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1), nn.Softplus()]
+    return nn.Sequential(*layers, *head)
+
+
+def _cnn_predict(model: nn.Module, images: torch.Tensor) -> NDArray[np.float64]:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(chunk).squeeze(1) for chunk in images.split(64)]).double().numpy()
+
+
+def fit_image_cnn(
+    images: NDArray[np.float32], y: NDArray[np.float64], fold: Fold, seed: int
+) -> float:
+    """Test MAE of :func:`image_cnn` trained on the fold's train tiles with an L1 loss.
+
+    Batches are flipped and rotated by multiples of 90 degrees (a count does not change); the
+    epoch with the lowest validation MAE is kept, stopping after ``CNN_PATIENCE`` epochs without
+    improvement. Predictions are clamped to the train label range, as the probes' are.
+    """
+    x, target = torch.from_numpy(images), torch.from_numpy(y).float()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = image_cnn()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    train = torch.from_numpy(fold.train)
+    best_mae, best_state, since = float("inf"), model.state_dict(), 0
+    for _ in range(CNN_MAX_EPOCHS):
+        model.train()
+        for batch in train[torch.randperm(len(train), generator=generator)].split(32):
+            turns, flip = torch.randint(4, (2,), generator=generator).tolist()
+            inputs = torch.rot90(x[batch], turns, (2, 3))
+            inputs = inputs.flip(3) if flip % 2 else inputs
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.l1_loss(model(inputs).squeeze(1), target[batch]).backward()
+            optimizer.step()
+        val_mae = float(np.abs(_cnn_predict(model, x[fold.val]) - y[fold.val]).mean())
+        if val_mae < best_mae:
+            best_mae, since = val_mae, 0
+            best_state = {name: value.clone() for name, value in model.state_dict().items()}
+        elif (since := since + 1) >= CNN_PATIENCE:
+            break
+    model.load_state_dict(best_state)
+    low, high = y[fold.train].min(), y[fold.train].max()
+    predictions = np.clip(_cnn_predict(model, x[fold.test]), low, high)
+    return float(np.abs(predictions - y[fold.test]).mean())
+
+
 def main() -> None:
     """Generate and label the city, then print and write the headroom table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/geojepa-headroom"))
     parser.add_argument("--size-km", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/headroom_city_signals.md"))
     args = parser.parse_args()
     src, ds, log = args.work / "city_src", args.work / "city17", []
     run(["synth", str(src), "--size-km", str(args.size_km), "--seed", str(args.seed), "-q"], log)
     pbf = src / "synthetic_city.osm.pbf"
-    run(["prepare", str(pbf), "-o", str(ds), "--zoom", "17", "--overwrite"], log)
+    run(["prepare", str(pbf), "--imagery", str(src / "synthetic_city.tif"), "-o", str(ds),
+         "--zoom", "17", "--image-size", str(args.image_size), "--overwrite"], log)
     run(["tasks", str(ds), "--overwrite"], log)
     labels = pd.read_parquet(ds / "tasks" / "labels.parquet")
     zoom, keys = int(labels["z"].iloc[0]), labels[["x", "y"]].to_numpy()
@@ -145,10 +221,18 @@ def main() -> None:
             cells.append(f"{np.mean(fold_mae):.3f} +- {np.std(fold_mae, ddof=1):.3f}")
         lines.append(f"| {name} | {' | '.join(cells)} |")
         print(lines[-1], flush=True)
+    images = tile_images(ds, keys)
+    fold_mae = [fit_image_cnn(images, y, fold, seed=0) for fold in folds]
+    lines += ["", f"| supervised on the {args.image_size} px tile image | MAE | per fold |",
+              "|---|---|---|",
+              (f"| small CNN trained on the labels (seed 0) | {np.mean(fold_mae):.3f} +- "
+               f"{np.std(fold_mae, ddof=1):.3f} | {', '.join(f'{m:.3f}' for m in fold_mae)} |")]
+    print(lines[-1], flush=True)
     header = [
         "# Headroom of masked traffic_signals on the synthetic city (issue 4)", "",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
-        f"Command: `python benchmarks/headroom_city_signals.py --size-km {args.size_km:g} --seed {args.seed}`  ",
+        (f"Command: `python benchmarks/headroom_city_signals.py --size-km {args.size_km:g} "
+         f"--seed {args.seed} --image-size {args.image_size}`  "),
         f"Machine: {platform.machine()}, Python {platform.python_version()}, no GPU  ",
         (f"City: {len(labels)} zoom-17 tiles, {summary}; 5 folds over zoom-14 groups (seed 0, the "
          "folds of `geojepa evaluate`), count labels fitted in log space, MLP mean of "
