@@ -22,7 +22,8 @@ not give a zero error.
 A last row asks whether the crosswalks can be *learnt* from the tile images at this sample size:
 a small CNN trained on the labels themselves (supervised, on each fold's train tiles, early
 stopped on its validation tiles): what the images can teach without a hand-made detector, the
-mark for self-supervised image features under a probe.
+mark for self-supervised image features under a probe. The same CNN untrained, its last conv
+block pooled as the tile embeddings are, tells the architecture's share from the training's.
 
 Run by hand from the repository root (venv active, about 7 minutes on 2 cores):
 
@@ -152,6 +153,17 @@ def _cnn_predict(model: nn.Module, images: torch.Tensor) -> NDArray[np.float64]:
         return torch.cat([model(chunk).squeeze(1) for chunk in images.split(64)]).double().numpy()
 
 
+def untrained_cnn_features(images: NDArray[np.float32], seed: int = 0) -> NDArray[np.float64]:
+    """``[max, mean]`` over positions of the last conv block of an untrained :func:`image_cnn`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trunk = image_cnn()[:-4]  # without the pooling and the count head
+    trunk.eval()
+    with torch.no_grad():
+        maps = torch.cat([trunk(chunk) for chunk in torch.from_numpy(images).split(64)])
+    return torch.cat([maps.amax((2, 3)), maps.mean((2, 3))], 1).double().numpy()
+
+
 def fit_image_cnn(
     images: NDArray[np.float32], y: NDArray[np.float64], fold: Fold, seed: int
 ) -> float:
@@ -211,8 +223,11 @@ def main() -> None:
     folds = grouped_folds(keys >> (zoom - 14), 5, 0)
     roads = road_junctions(pbf, keys, zoom)
     sites, summary = signal_sites(pbf, keys, zoom)
+    images = tile_images(ds, keys)
     features = {"Dummy (train median)": None, "road junctions (major-major, major-tertiary)": roads,
-                "signalised sites (junction, crossing)": sites, "both": np.concatenate([roads, sites], 1)}
+                "signalised sites (junction, crossing)": sites, "both": np.concatenate([roads, sites], 1),
+                f"the untrained CNN below on the {args.image_size} px image, [max, mean] pooled":
+                    untrained_cnn_features(images)}
     lines = ["| per-tile features | linear | MLP |", "|---|---|---|"]
     for name, x in features.items():
         cells = []
@@ -221,7 +236,6 @@ def main() -> None:
             cells.append(f"{np.mean(fold_mae):.3f} +- {np.std(fold_mae, ddof=1):.3f}")
         lines.append(f"| {name} | {' | '.join(cells)} |")
         print(lines[-1], flush=True)
-    images = tile_images(ds, keys)
     fold_mae = [fit_image_cnn(images, y, fold, seed=0) for fold in folds]
     lines += ["", f"| supervised on the {args.image_size} px tile image | MAE | per fold |",
               "|---|---|---|",
