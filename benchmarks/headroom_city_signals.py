@@ -47,9 +47,8 @@ from numpy.typing import NDArray
 from scipy.cluster.hierarchy import fcluster, linkage
 from torch import nn
 
-from geojepa.dataset.loader import IMAGE_MEAN, IMAGE_STD
+from geojepa.dataset.loader import decode_image
 from geojepa.dataset.reader import TileDataset
-from geojepa.imagery import decode_image
 from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp, grouped_folds
 from geojepa.tiles import lonlat_to_mercator, lonlat_to_tile
 
@@ -129,12 +128,10 @@ def scores(x: NDArray[np.float64] | None, y: NDArray[np.float64], folds: list[Fo
                            for s in range(MLP_SEEDS)])) for fold in folds]
 
 
-def tile_images(ds: Path, keys: NDArray[np.int64]) -> NDArray[np.float32]:
-    """The dataset's tile images, normalised as the model sees them: ``[N, 3, S, S]``, keys order."""
-    images = {}
-    for tile in TileDataset(ds).iter_tiles(columns=["x", "y", "image"]):
-        rgb = decode_image(tile["image"]).astype(np.float32) / 255.0
-        images[(tile["x"], tile["y"])] = ((rgb - IMAGE_MEAN) / IMAGE_STD).transpose(2, 0, 1)
+def tile_images(ds: Path, keys: NDArray[np.int64], size: int) -> NDArray[np.float32]:
+    """The dataset's tile images as the model sees them, ``[N, 3, size, size]`` in keys order."""
+    images = {(tile["x"], tile["y"]): decode_image(tile["image"], size)
+              for tile in TileDataset(ds).iter_tiles(columns=["x", "y", "image"])}
     return np.stack([images[(int(x), int(y))] for x, y in keys])
 
 
@@ -147,10 +144,15 @@ def image_cnn() -> nn.Module:
     return nn.Sequential(*layers, *head)
 
 
-def _cnn_predict(model: nn.Module, images: torch.Tensor) -> NDArray[np.float64]:
-    model.eval()
+def _forward(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``module`` in eval mode on ``images``, 64 at a time, without gradients."""
+    module.eval()
     with torch.no_grad():
-        return torch.cat([model(chunk).squeeze(1) for chunk in images.split(64)]).double().numpy()
+        return torch.cat([module(chunk) for chunk in images.split(64)])
+
+
+def _cnn_predict(model: nn.Module, images: torch.Tensor) -> NDArray[np.float64]:
+    return _forward(model, images).squeeze(1).double().numpy()
 
 
 def untrained_cnn_features(images: NDArray[np.float32], seed: int = 0) -> NDArray[np.float64]:
@@ -158,9 +160,7 @@ def untrained_cnn_features(images: NDArray[np.float32], seed: int = 0) -> NDArra
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         trunk = image_cnn()[:-4]  # without the pooling and the count head
-    trunk.eval()
-    with torch.no_grad():
-        maps = torch.cat([trunk(chunk) for chunk in torch.from_numpy(images).split(64)])
+    maps = _forward(trunk, torch.from_numpy(images))
     return torch.cat([maps.amax((2, 3)), maps.mean((2, 3))], 1).double().numpy()
 
 
@@ -223,7 +223,7 @@ def main() -> None:
     folds = grouped_folds(keys >> (zoom - 14), 5, 0)
     roads = road_junctions(pbf, keys, zoom)
     sites, summary = signal_sites(pbf, keys, zoom)
-    images = tile_images(ds, keys)
+    images = tile_images(ds, keys, args.image_size)
     features = {"Dummy (train median)": None, "road junctions (major-major, major-tertiary)": roads,
                 "signalised sites (junction, crossing)": sites, "both": np.concatenate([roads, sites], 1),
                 f"the untrained CNN below on the {args.image_size} px image, [max, mean] pooled":
