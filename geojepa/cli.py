@@ -219,7 +219,7 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p.set_defaults(func=_run_evaluate)
     if not full:  # the defaults come from modules that import torch
         return
-    from geojepa.evaluate import BASELINES, EvalConfig
+    from geojepa.evaluate import BASELINES, PROBES, EvalConfig
     from geojepa.model.jepa import TILE_POOLS
     from geojepa.tasks import TASKS
 
@@ -242,7 +242,10 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--folds", type=int, default=d.folds, help=f"k of the cross-validation (default {d.folds})")
     p.add_argument("--group-zoom", type=int, default=None,
                    help="zoom of the spatial fold groups (default: the dataset's, 14)")
-    p.add_argument("--probes", nargs="+", choices=("linear", "mlp"), default=list(d.probes))
+    p.add_argument("--probes", nargs="+", choices=PROBES, default=list(d.probes),
+                   help="linear and mlp probe the tile embeddings; set probes each tile's token "
+                   "embeddings (a shared token MLP pooled per token kind: what a few tokens show "
+                   f"survives; slower) (default {' '.join(d.probes)})")
     p.add_argument("--seeds", type=int, default=d.seeds, help=f"MLP seeds per fold (default {d.seeds})")
     p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(d.baselines))
     p.add_argument("--no-log-counts", dest="log_counts", action="store_false",

@@ -44,15 +44,16 @@ from geojepa.dataset.reader import TileDataset
 from geojepa.embed import Checkpoint, check_layers, check_pool, load_checkpoint, new_tags
 from geojepa.errors import GeoJepaError
 from geojepa.features import (
+    Features,
     embedding_health,
-    model_features,
+    model_inputs,
     random_init,
     tag_count_features,
-    tag_pool_features,
+    tag_pool_inputs,
     training_seed,
 )
 from geojepa.model.jepa import TilePool
-from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, grouped_folds
+from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, fit_set, grouped_folds
 from geojepa.report import VARIANTS, write_report
 from geojepa.tasks import (
     LABELS_NAME,
@@ -67,6 +68,7 @@ from geojepa.tasks import (
 
 Protocol = Literal["auto", "cv", "split"]
 BASELINES = ("dummy", "tagpool", "tagcount", "random", "image")
+PROBES = ("linear", "mlp", "set")
 
 
 @dataclass
@@ -80,8 +82,11 @@ class EvalConfig:
             when the stored test split has at least ``split_min_test`` tiles, else ``cv``).
         folds: k of the cross-validation.
         group_zoom: Zoom of the spatial groups (default: the dataset's split-group zoom, 14).
-        probes: ``linear`` and/or ``mlp``.
-        seeds: MLP seeds per fold.
+        probes: Any of ``linear``, ``mlp`` (both on the tile features) and ``set`` (on the
+            tiles' token embeddings, :func:`~geojepa.probes.fit_set`; every method with tokens:
+            the models, their untrained twins and image-only views, and TagPool's entity tag
+            vectors).
+        seeds: Seeds per fold of the MLP and set probes.
         baselines: Any of ``dummy``, ``tagpool``, ``tagcount``, ``random`` (untrained model),
             ``image`` (image-only model; only for checkpoints that use images).
         log_counts: Fit count tasks in log space.
@@ -126,7 +131,7 @@ class EvalConfig:
         """
         select_tasks(self.tasks)
         for name, values, allowed in (("variant", self.variants, VARIANTS),
-                                      ("probe", self.probes, ("linear", "mlp")),
+                                      ("probe", self.probes, PROBES),
                                       ("baseline", self.baselines, BASELINES)):
             bad = [v for v in values if v not in allowed]
             if bad:
@@ -142,12 +147,13 @@ class EvalConfig:
 
 @dataclass
 class Method:
-    """Something that turns a dataset into tile features."""
+    """Something that turns a dataset into probe inputs (``features(dataset, tokens)``)."""
 
     name: str
     role: Literal["model", "baseline"]
-    features: Callable[[Path], NDArray[np.float32]] | None  # None: Dummy (no features)
+    features: Callable[[Path, bool], Features] | None  # None: Dummy (no features)
     replicate: int = 0  # which pretraining run of the method (fold scores average them)
+    tokens: bool = True  # whether it has token embeddings for the set probe
 
 
 def default_name(checkpoint: Checkpoint) -> str:
@@ -367,9 +373,9 @@ def _load_replicates(name: str, given: CheckpointLike | Sequence[CheckpointLike]
 def _methods(loaded: dict[str, list[Checkpoint]], ds: TileDataset, config: EvalConfig) -> list[Method]:
     vocab = ds.vocabulary().column("tag").to_pylist()
 
-    def features(ckpt: Checkpoint, image_only: bool = False) -> Callable[[Path], NDArray[np.float32]]:
-        return lambda d: model_features(ckpt, d, image_only, config.batch_size, config.layers,
-                                         config.pool)
+    def features(ckpt: Checkpoint, image_only: bool = False) -> Callable[[Path, bool], Features]:
+        return lambda d, tokens: model_inputs(ckpt, d, image_only, config.batch_size, config.layers,
+                                              config.pool, tokens)
 
     methods = [Method(name, "model", features(c), r)
                for name, cs in loaded.items() for r, c in enumerate(cs)]
@@ -383,10 +389,11 @@ def _methods(loaded: dict[str, list[Checkpoint]], ds: TileDataset, config: EvalC
             methods.extend(Method(f"{name} image only", "baseline", features(c, True), r)
                            for r, c in enumerate(cs))
     if "tagpool" in config.baselines:
-        methods.append(Method("TagPool", "baseline", lambda d: tag_pool_features(d, vocab, ds.folder)))
+        methods.append(Method("TagPool", "baseline",
+                              lambda d, tokens: tag_pool_inputs(d, vocab, ds.folder, tokens)))
     if "tagcount" in config.baselines:
-        methods.append(Method("TagCount", "baseline",
-                              lambda d: tag_count_features(d, vocab, config.tag_count_vocab)))
+        methods.append(Method("TagCount", "baseline", lambda d, _: Features(
+            tag_count_features(d, vocab, config.tag_count_vocab)), tokens=False))
     if "dummy" in config.baselines:
         methods.append(Method("Dummy", "baseline", None))
     return methods
@@ -415,15 +422,17 @@ def _run_all(
     methods: list[Method], tasks: list[Task], labels: pd.DataFrame, folds: list[Fold],
     dataset: Path, config: EvalConfig, progress: bool,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Fit every probe; features are computed once per method and input dataset.
+    """Fit every probe; tile features are computed once per method and input dataset, token
+    embeddings (for the set probe) once per method and task, and dropped after it.
 
     Returns:
         One row per probe run, and the embedding health of every method's features on every
         input dataset.
     """
-    cache: dict[tuple[str, int, Path], NDArray[np.float32]] = {}
+    cache: dict[tuple[str, int, Path], Features] = {}
     health: list[dict[str, Any]] = []
-    fits_per_fold = sum(1 if m.features is None else _probe_runs(config) for m in methods)
+    need_tokens = "set" in config.probes
+    fits_per_fold = sum(_probe_runs(config, m) for m in methods)
     total = len(tasks) * len(config.variants) * len(folds) * fits_per_fold
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), disable=not progress)
@@ -440,11 +449,16 @@ def _run_all(
                     x = None
                     if method.features is not None:
                         key = (method.name, method.replicate, source)
-                        if key not in cache:
-                            cache[key] = _checked(method.features(source), len(y), source)
-                            health.append({"method": method.name, "replicate": method.replicate,
-                                           "input": input_name, **embedding_health(cache[key])})
+                        tokens = need_tokens and method.tokens
+                        if key not in cache or (tokens and cache[key].tokens is None):
+                            fresh = key not in cache
+                            cache[key] = _checked(method.features(source, tokens), len(y), source)
+                            if fresh:
+                                health.append({"method": method.name, "replicate": method.replicate,
+                                               "input": input_name,
+                                               **embedding_health(cache[key].tile)})
                         x = cache[key]
+                        cache[key] = Features(x.tile)  # tokens are big: keep them for this fit only
                     with _one_thread():
                         rows = _fit_method(method, x, y, task, folds, config)
                     for row in rows:
@@ -467,21 +481,27 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _probe_runs(config: EvalConfig) -> int:
-    return ("linear" in config.probes) + ("mlp" in config.probes) * config.seeds
+def _probe_runs(config: EvalConfig, method: Method) -> int:
+    """Probe fits per fold of one method (the Dummy's one)."""
+    if method.features is None:
+        return 1
+    sets = "set" in config.probes and method.tokens
+    return ("linear" in config.probes) + (("mlp" in config.probes) + sets) * config.seeds
 
 
-def _checked(x: NDArray[np.float32], rows: int, source: Path) -> NDArray[np.float32]:
-    if x.shape[0] != rows:
-        raise GeoJepaError(f"features have {x.shape[0]} rows for {rows} labelled tiles", source)
+def _checked(x: Features, rows: int, source: Path) -> Features:
+    tiles = [x.tile.shape[0]] + ([] if x.tokens is None else [x.tokens.num_tiles])
+    if any(n != rows for n in tiles):
+        raise GeoJepaError(f"features have {tiles[-1]} rows for {rows} labelled tiles", source)
     return x
 
 
 def _fit_method(
-    method: Method, x: NDArray[np.float32] | None, y: NDArray[np.float64], task: Task,
+    method: Method, x: Features | None, y: NDArray[np.float64], task: Task,
     folds: list[Fold], config: EvalConfig,
 ) -> list[dict[str, Any]]:
     log = config.log_counts and task.count
+    seeds = range(config.seeds)  # the run's seed index; the probe's seed is config.seed + it
     rows = []
     for fold in folds:
         fits: list[tuple[str, int, ProbeResult]] = []
@@ -489,10 +509,13 @@ def _fit_method(
             fits.append(("dummy", 0, fit_dummy(y, fold, task.kind)))
         else:
             if "linear" in config.probes:
-                fits.append(("linear", 0, fit_linear(x, y, fold, task.kind, log_target=log)))
+                fits.append(("linear", 0, fit_linear(x.tile, y, fold, task.kind, log_target=log)))
             if "mlp" in config.probes:
-                fits.extend(("mlp", s, fit_mlp(x, y, fold, task.kind, log_target=log, seed=config.seed + s))
-                            for s in range(config.seeds))
+                fits.extend(("mlp", s, fit_mlp(x.tile, y, fold, task.kind, log_target=log,
+                                               seed=config.seed + s)) for s in seeds)
+            if x.tokens is not None:
+                fits.extend(("set", s, fit_set(x.tokens, y, fold, task.kind, log_target=log,
+                                               seed=config.seed + s)) for s in seeds)
         for probe, seed, r in fits:
             rows.append({"probe": probe, "fold": fold.index, "seed": seed, "metric": r.metric,
                          "val_metric": r.val_metric, "constant": r.constant,

@@ -4,9 +4,11 @@ Every function returns one row per tile in the dataset's stored order (the order
 ``labels.parquet``), so features of a dataset and of its masked copies line up row by row.
 
 * :func:`model_features`: ``[masked max, masked mean]`` of a GeoJEPA model's target encoder
-  (optionally from the image patches alone, or with entities and patches pooled apart).
+  (optionally from the image patches alone, or with entities and patches pooled apart);
+  :func:`model_inputs` adds the token embeddings themselves, for the set probe.
 * :func:`tag_pool_features`: TagPool - max and mean over a tile's entities of their tag vectors
-  (the sum of the MiniLM vectors of the entity's tags, as in the tokeniser).
+  (the sum of the MiniLM vectors of the entity's tags, as in the tokeniser); :func:`tag_pool_inputs`
+  adds the tag vectors themselves, for the set probe.
 * :func:`tag_count_features`: TagCount - ``log1p`` of how many entities of the tile carry each of
   the most frequent tags.
 """
@@ -14,6 +16,7 @@ Every function returns one row per tile in the dataset's stored order (the order
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,21 @@ from geojepa.dataset.reader import TileDataset
 from geojepa.embed import Checkpoint, embed_dataset
 from geojepa.model.jepa import GeoJEPA, TilePool
 from geojepa.model.text import tag_embedding_table
+from geojepa.probes import TokenSets
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a method gives the probes for one dataset.
+
+    Attributes:
+        tile: ``[T, D]`` tile features.
+        tokens: The tiles' token embeddings for :func:`~geojepa.probes.fit_set`, when asked for
+            and the method has tokens (None otherwise).
+    """
+
+    tile: NDArray[np.float32]
+    tokens: TokenSets | None = None
 
 
 def model_features(
@@ -34,8 +52,31 @@ def model_features(
 ) -> NDArray[np.float32]:
     """Tile embeddings of a model, ``[T, 2 * layers * d]`` (twice as wide when ``pool`` is
     ``"modality"`` and the model has entities and images; see :func:`embed_dataset`)."""
-    return embed_dataset(checkpoint, dataset, batch_size=batch_size, tokens=False, progress=False,
-                         image_only=image_only, layers=layers, pool=pool).tile
+    return model_inputs(checkpoint, dataset, image_only, batch_size, layers, pool).tile
+
+
+def model_inputs(
+    checkpoint: Checkpoint, dataset: Path, image_only: bool = False, batch_size: int = 64,
+    layers: int = 1, pool: TilePool = "tokens", tokens: bool = False,
+) -> Features:
+    """Tile embeddings of a model (as :func:`model_features`) from one pass over the dataset,
+    with ``tokens`` also its last block's token embeddings: entities are kind 0 and image
+    patches the next kind (kind 0 for a model without entities)."""
+    emb = embed_dataset(checkpoint, dataset, batch_size=batch_size, tokens=tokens, progress=False,
+                        image_only=image_only, layers=layers, pool=pool)
+    if not tokens:
+        return Features(emb.tile)
+    modalities = set(checkpoint.config.modalities)
+    has_entities, has_patches = bool(modalities & {"G", "T"}), checkpoint.config.uses_images
+    kinds = int(has_entities) + int(has_patches)
+    sets = TokenSets(
+        x=np.concatenate([emb.entity, emb.patch]),
+        tile=np.concatenate([emb.entity_tile, emb.patch_tile]),
+        kind=np.concatenate([np.zeros(len(emb.entity), np.int64),
+                             np.full(len(emb.patch), kinds - 1, np.int64)]),
+        num_tiles=len(emb.tiles), num_kinds=kinds,
+    )
+    return Features(emb.tile, sets)
 
 
 def iter_entity_tag_vectors(
@@ -66,8 +107,24 @@ def iter_entity_tag_vectors(
 def tag_pool_features(dataset: Path, vocab: list[str], table_folder: Path) -> NDArray[np.float32]:
     """TagPool features ``[T, 2 * 384]``: max and mean of the entities' tag vectors (arguments
     as :func:`iter_entity_tag_vectors`)."""
-    return np.concatenate([pool_rows(vectors, tile, num_tiles) for vectors, tile, num_tiles
-                           in iter_entity_tag_vectors(dataset, vocab, table_folder)])
+    return tag_pool_inputs(dataset, vocab, table_folder).tile
+
+
+def tag_pool_inputs(dataset: Path, vocab: list[str], table_folder: Path, tokens: bool = False) -> Features:
+    """TagPool features (as :func:`tag_pool_features`), with ``tokens`` also the entities' tag
+    vectors themselves as one kind of token."""
+    vectors, tiles, pooled, offset = [], [], [], 0
+    for batch_vectors, tile, num_tiles in iter_entity_tag_vectors(dataset, vocab, table_folder):
+        pooled.append(pool_rows(batch_vectors, tile, num_tiles))
+        if tokens:
+            vectors.append(batch_vectors)
+            tiles.append(tile + offset)
+        offset += num_tiles
+    if not tokens:
+        return Features(np.concatenate(pooled))
+    tile = np.concatenate(tiles)
+    return Features(np.concatenate(pooled), TokenSets(np.concatenate(vectors), tile,
+                                                      np.zeros(len(tile), np.int64), offset, 1))
 
 
 def pool_rows(vectors: NDArray[np.float32], tile: NDArray[np.int64], num_tiles: int) -> NDArray[np.float32]:

@@ -189,6 +189,17 @@ def test_image_only_baseline_ignores_the_entities(tmp_path: Path) -> None:
             != together).any()
     with pytest.raises(GeoJepaError, match="pool must be one of tokens, modality, got 'patches'"):
         evaluate({"TI": ckpt}, ds, tmp_path / "q", replace(config, pool="patches"), progress=False)
+    # the set probe reads the token embeddings of every method that has some (not TagCount)
+    sets = replace(config, probes=("linear", "set"), seeds=1, baselines=("image", "tagpool", "tagcount"))
+    evaluate({"TI": ckpt}, ds, tmp_path / "s", sets, progress=False)
+    runs = _runs(tmp_path / "s")
+    assert set(runs.loc[runs["probe"] == "set", "method"]) == {"TI", "TI image only", "TagPool"}
+    assert set(runs.loc[runs["probe"] == "linear", "method"]) == {"TI", "TI image only", "TagPool",
+                                                                  "TagCount"}
+    image = runs[(runs["method"] == "TI image only") & (runs["probe"] == "set")]
+    image = image.pivot(index="fold", columns="variant", values="metric")
+    assert (image["masked"] == image["unmasked"]).all()
+    assert "TI (set)" in (tmp_path / "s" / "results.md").read_text()
 
 
 def test_stored_split_protocol_is_inductive_for_a_train_only_checkpoint(

@@ -9,7 +9,17 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, grouped_folds
+from geojepa.features import pool_rows
+from geojepa.probes import (
+    Fold,
+    ProbeResult,
+    TokenSets,
+    fit_dummy,
+    fit_linear,
+    fit_mlp,
+    fit_set,
+    grouped_folds,
+)
 
 N_ROWS = 600
 EXTRA_DIMS = 20
@@ -358,3 +368,89 @@ def test_inputs_are_validated() -> None:
         fit_mlp(x, y, fold, "regression", patience=0)
     with pytest.raises(ValueError, match="kind"):
         fit_dummy(y, fold, "ordinal")  # type: ignore[arg-type]
+
+
+# --- set probe on token embeddings -----------------------------------------------------------
+
+FAST_SET = {"hidden": 32, "lr": 1e-2, "max_epochs": 100, "patience": 20}
+"""Quicker to train than the defaults (tuned for real token embeddings), to keep the file fast."""
+
+
+def marked_tokens(n_tiles: int = 300, seed: int = 0) -> tuple[TokenSets, NDArray[np.float64]]:
+    """Tiles of 10-40 noise tokens of kind 0 and 20 "patches" of kind 1, 0-4 of them marked
+    (feature 0 near 3, the rest near 0): the label is the number of marked patches, which a
+    tile's ``[max, mean]`` over all its tokens blurs. Every 50th tile has no tokens."""
+    rng = np.random.default_rng(seed)
+    xs, tiles, kinds, y = [], [], [], np.zeros(n_tiles)
+    for t in range(n_tiles):
+        if t % 50 == 49:
+            continue
+        noise = rng.normal(size=(int(rng.integers(10, 41)), 4))
+        patches = rng.normal(scale=0.3, size=(20, 4))
+        marked = int(rng.integers(0, 5))
+        patches[:marked, 0] += 3.0
+        y[t] = marked
+        xs += [noise, patches]
+        tiles += [np.full(len(noise), t), np.full(20, t)]
+        kinds += [np.zeros(len(noise), np.int64), np.ones(20, np.int64)]
+    sets = TokenSets(np.concatenate(xs).astype(np.float32), np.concatenate(tiles),
+                     np.concatenate(kinds), n_tiles, 2)
+    return sets, y
+
+
+def set_fold(n_tiles: int = 300) -> Fold:
+    return grouped_folds(np.arange(n_tiles) // 10, k=5, seed=0)[0]
+
+
+def test_set_probe_counts_what_few_tokens_show() -> None:
+    sets, y = marked_tokens()
+    fold = set_fold()
+    result = fit_set(sets, y, fold, "regression", log_target=True, **FAST_SET)
+    dummy = fit_dummy(y, fold, "regression")
+    pooled = pool_rows(sets.x, sets.tile, sets.num_tiles)  # [max, mean] over all tokens
+    mlp = fit_mlp(pooled, y, fold, "regression", log_target=True, **FAST_MLP)
+    assert result.metric < 0.25 * dummy.metric
+    assert result.metric < 0.5 * mlp.metric
+    assert result.predictions.min() >= 0.0 and result.predictions.max() <= y[fold.train].max()
+    assert result.selected.startswith("epochs=")
+
+
+def test_set_probe_is_honest_and_deterministic() -> None:
+    sets, y = marked_tokens()
+    fold = set_fold()
+    state = torch.get_rng_state()
+    first = fit_set(sets, y, fold, "regression", seed=1, **FAST_SET)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert same_result(first, fit_set(sets, y, fold, "regression", seed=1, **FAST_SET))
+    assert not np.array_equal(first.predictions, fit_set(sets, y, fold, "regression", seed=2,
+                                                         **FAST_SET).predictions)
+    # test labels never select; test tokens never enter the fit (nor another tile's prediction)
+    y2 = y.copy()
+    y2[fold.test] = 1e6
+    poked = fit_set(sets, y2, fold, "regression", seed=1, **FAST_SET)
+    assert (poked.selected, poked.val_metric) == (first.selected, first.val_metric)
+    moved = np.isin(sets.tile, fold.test[::2])
+    x2 = sets.x.copy()
+    x2[moved] = x2[moved] * 40.0 + 25.0
+    shifted = fit_set(TokenSets(x2, sets.tile, sets.kind, sets.num_tiles, 2), y, fold, "regression",
+                      seed=1, **FAST_SET)
+    kept = np.arange(1, len(fold.test), 2)
+    assert np.array_equal(shifted.predictions[kept], first.predictions[kept])
+    assert not np.array_equal(shifted.predictions, first.predictions)
+
+
+def test_set_probe_binary_and_validation() -> None:
+    sets, y = marked_tokens()
+    fold = set_fold()
+    binary = (y >= 2).astype(np.float64)
+    result = fit_set(sets, binary, fold, "binary", **FAST_SET)
+    assert result.metric < 0.5 * fit_dummy(binary, fold, "binary").metric
+    assert set(np.unique(result.predictions)) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="301 labels for 300 tiles"):
+        fit_set(sets, np.append(y, 0.0), fold, "regression")
+    with pytest.raises(ValueError, match="log_target"):
+        fit_set(sets, binary, fold, "binary", log_target=True)
+    with pytest.raises(ValueError, match="kind indexes outside 0 .. 0"):
+        TokenSets(sets.x, sets.tile, sets.kind, sets.num_tiles, 1)
+    with pytest.raises(ValueError, match="one tile and kind per row"):
+        TokenSets(sets.x[:-1], sets.tile, sets.kind, sets.num_tiles, 2)

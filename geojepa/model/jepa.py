@@ -92,8 +92,9 @@ class GeoJEPAConfig:
         patch: Patch side of the trainable patch embedding.
         image_stem: The trainable patch embedding: ``patch`` (one strided convolution) or
             ``hmlp`` (a hierarchical MLP stem, non-linear within each patch).
-        image_backbone: TorchScript file of a frozen image backbone
-            (:func:`~geojepa.model.tokenizer.load_frozen_backbone`); None = trainable patches.
+        image_backbone: ``torch.export`` (``.pt2``) or TorchScript file of a frozen image
+            backbone (:func:`~geojepa.model.tokenizer.load_frozen_backbone`); None = trainable
+            patches.
         modality_dropout: Chance per training batch of dropping the tag or the geometry half.
         box_noise: Standard deviation of the training noise on token boxes (tile units).
         vicreg_weight: Weight of the VICReg variance and covariance terms.
