@@ -128,6 +128,15 @@ def scores(x: NDArray[np.float64] | None, y: NDArray[np.float64], folds: list[Fo
                            for s in range(MLP_SEEDS)])) for fold in folds]
 
 
+def probe_cells(x: NDArray[np.float64] | None, y: NDArray[np.float64], folds: list[Fold]) -> str:
+    """``linear | MLP`` table cells: test MAE, mean +- standard deviation over folds."""
+    cells = []
+    for probe in ("linear", "mlp"):
+        fold_mae = scores(x, y, folds, probe)
+        cells.append(f"{np.mean(fold_mae):.3f} +- {np.std(fold_mae, ddof=1):.3f}")
+    return " | ".join(cells)
+
+
 def tile_images(ds: Path, keys: NDArray[np.int64], size: int) -> NDArray[np.float32]:
     """The dataset's tile images as the model sees them, ``[N, 3, size, size]`` in keys order."""
     images = {(tile["x"], tile["y"]): decode_image(tile["image"], size)
@@ -230,11 +239,7 @@ def main() -> None:
                     untrained_cnn_features(images)}
     lines = ["| per-tile features | linear | MLP |", "|---|---|---|"]
     for name, x in features.items():
-        cells = []
-        for probe in ("linear", "mlp"):
-            fold_mae = scores(x, y, folds, probe)
-            cells.append(f"{np.mean(fold_mae):.3f} +- {np.std(fold_mae, ddof=1):.3f}")
-        lines.append(f"| {name} | {' | '.join(cells)} |")
+        lines.append(f"| {name} | {probe_cells(x, y, folds)} |")
         print(lines[-1], flush=True)
     fold_mae = [fit_image_cnn(images, y, fold, seed=0) for fold in folds]
     lines += ["", f"| supervised on the {args.image_size} px tile image | MAE | per fold |",
