@@ -540,6 +540,12 @@ def _notes(
     if "mlp" in config.probes:
         notes.append(f"MLP probe: 512 hidden, GELU, AdamW, early stopping on validation; "
                      f"{config.seeds} seeds per fold (cells average them).")
+    if "set" in config.probes:
+        notes.append("Set probe (`set`): on each tile's token embeddings (entities, image patches; "
+                     "TagPool's entity tag vectors), not the pooled tile embedding: a shared "
+                     "2-layer token MLP (64 wide), [mean, max] pooled per kind of token, a linear "
+                     f"head; AdamW, early stopping on validation; {config.seeds} seeds per fold. "
+                     "TagCount has no tokens, so no set-probe cells.")
     if config.layers > 1:
         notes.append(f"Tile embeddings (of every model and random-init twin) pool the outputs of "
                      f"the encoder's last {config.layers} blocks, not only the last (SPEC: 1).")

@@ -1,11 +1,12 @@
-"""Probes on frozen tile embeddings: spatially grouped folds, a Dummy, a linear and an MLP probe.
+"""Probes on frozen embeddings: spatially grouped folds, a Dummy, a linear and an MLP probe on
+tile embeddings, and a set probe on each tile's token embeddings (:func:`fit_set`).
 
 Honesty rules (the reference selected on its test split; these probes never do):
 
-* Only the **train** rows of a :class:`Fold` fit anything: the feature mean and standard
+* Only the **train** rows of a :class:`Fold` fit anything: the feature (or token) mean and standard
   deviation, the target scaling, the model weights and the clamping range of regression outputs.
 * Only the **validation** rows choose anything: the regularisation strength of the linear probe
-  and the stopping epoch of the MLP.
+  and the stopping epoch of the MLP and set probes.
 * The **test** rows are predicted once, at the end, by the chosen model; their labels enter only
   the reported metric.
 * Folds are spatially grouped (:func:`grouped_folds`): all rows of one group, e.g. one zoom-14

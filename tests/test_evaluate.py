@@ -199,7 +199,8 @@ def test_image_only_baseline_ignores_the_entities(tmp_path: Path) -> None:
     image = runs[(runs["method"] == "TI image only") & (runs["probe"] == "set")]
     image = image.pivot(index="fold", columns="variant", values="metric")
     assert (image["masked"] == image["unmasked"]).all()
-    assert "TI (set)" in (tmp_path / "s" / "results.md").read_text()
+    text = (tmp_path / "s" / "results.md").read_text()
+    assert "TI (set)" in text and "Set probe (`set`)" in text
 
 
 def test_stored_split_protocol_is_inductive_for_a_train_only_checkpoint(
