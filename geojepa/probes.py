@@ -377,8 +377,8 @@ def fit_set(
         The result for the best epoch (``selected="epochs=..."``, 1-based).
 
     Raises:
-        ValueError: As :func:`fit_mlp`, and if ``y`` does not have one label per tile or the
-            fold's tiles' tokens hold non-finite values.
+        ValueError: As :func:`fit_mlp`, and if ``y`` does not have one label per tile, the
+            fold's tiles' tokens hold non-finite values or its train tiles have none.
     """
     labels = _check_labels(y, fold, kind)
     if len(labels) != tokens.num_tiles:
@@ -393,8 +393,9 @@ def fit_set(
     if not np.isfinite(tokens.x[used]).all():
         raise ValueError(f"fold {fold.index}: tokens of the fold's tiles hold non-finite values")
     train = tokens.x[split[tokens.tile] == 1].astype(np.float64)
-    mean, std = (train.mean(0), train.std(0)) if len(train) else (0.0, np.ones(tokens.x.shape[1]))
-    scaled = np.where(std > STD_FLOOR, (tokens.x[used] - mean) / np.where(std > STD_FLOOR, std, 1.0), 0.0)
+    if not len(train):
+        raise ValueError(f"fold {fold.index}: the train tiles have no tokens")
+    scaled = _scaler(train)(tokens.x[used].astype(np.float64))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _SetProbe(_tensor(scaled), torch.from_numpy(tokens.tile[used]),
@@ -596,15 +597,16 @@ def _standardise(
     x: NDArray[np.float64], fold: Fold
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Train, val and test features scaled with the train mean and std; flat columns become 0."""
-    train = x[fold.train]
+    scaled = _scaler(x[fold.train])
+    return scaled(x[fold.train]), scaled(x[fold.val]), scaled(x[fold.test])
+
+
+def _scaler(train: NDArray[np.float64]) -> Callable[[NDArray[np.floating]], NDArray[np.float64]]:
+    """Scaling by the mean and std of the ``train`` rows; columns flat there become 0."""
     mean, std = train.mean(axis=0), train.std(axis=0)
     informative = std > STD_FLOOR
     scale = np.where(informative, std, 1.0)
-
-    def scaled(rows: NDArray[np.int64]) -> NDArray[np.float64]:
-        return np.where(informative, (x[rows] - mean) / scale, 0.0)
-
-    return scaled(fold.train), scaled(fold.val), scaled(fold.test)
+    return lambda values: np.where(informative, (values - mean) / scale, 0.0)
 
 
 def _regression_target(

@@ -450,6 +450,10 @@ def test_set_probe_binary_and_validation() -> None:
         fit_set(sets, np.append(y, 0.0), fold, "regression")
     with pytest.raises(ValueError, match="log_target"):
         fit_set(sets, binary, fold, "binary", log_target=True)
+    only_test = np.isin(sets.tile, fold.test)
+    with pytest.raises(ValueError, match="train tiles have no tokens"):
+        fit_set(TokenSets(sets.x[only_test], sets.tile[only_test], sets.kind[only_test], 300, 2), y,
+                fold, "regression")
     with pytest.raises(ValueError, match="kind indexes outside 0 .. 0"):
         TokenSets(sets.x, sets.tile, sets.kind, sets.num_tiles, 1)
     with pytest.raises(ValueError, match="one tile and kind per row"):
