@@ -246,7 +246,7 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    help="linear and mlp probe the tile embeddings; set probes each tile's token "
                    "embeddings (a shared token MLP pooled per token kind: what a few tokens show "
                    f"survives; slower) (default {' '.join(d.probes)})")
-    p.add_argument("--seeds", type=int, default=d.seeds, help=f"MLP seeds per fold (default {d.seeds})")
+    p.add_argument("--seeds", type=int, default=d.seeds, help=f"MLP and set-probe seeds per fold (default {d.seeds})")
     p.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(d.baselines))
     p.add_argument("--no-log-counts", dest="log_counts", action="store_false",
                    help="fit count tasks on the raw counts instead of log1p")

@@ -490,9 +490,9 @@ def _probe_runs(config: EvalConfig, method: Method) -> int:
 
 
 def _checked(x: Features, rows: int, source: Path) -> Features:
-    tiles = [x.tile.shape[0]] + ([] if x.tokens is None else [x.tokens.num_tiles])
-    if any(n != rows for n in tiles):
-        raise GeoJepaError(f"features have {tiles[-1]} rows for {rows} labelled tiles", source)
+    for n in [x.tile.shape[0]] + ([] if x.tokens is None else [x.tokens.num_tiles]):
+        if n != rows:
+            raise GeoJepaError(f"features have {n} rows for {rows} labelled tiles", source)
     return x
 
 
