@@ -162,8 +162,9 @@ def pooled_features(encoder: nn.Module, images: NDArray[np.float32]) -> NDArray[
     return torch.cat([feats.amax(1), feats.mean(1)], 1).double().numpy()
 
 
-def save_backbone(encoder: PatchEncoder, path: Path, image_size: int) -> None:
-    """Export the encoder with a dynamic batch size to a ``.pt2`` file, written atomically."""
+def save_backbone(encoder: nn.Module, path: Path, image_size: int) -> None:
+    """Export an image backbone (``[B, 3, S, S]`` -> ``[B, P, C]``) with a dynamic batch size
+    to a ``.pt2`` file, written atomically."""
     example = torch.zeros(2, 3, image_size, image_size)
     program = torch.export.export(encoder.eval(), (example,),
                                   dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
