@@ -40,15 +40,16 @@ class PatchFeatures(nn.Module):
         return self.stem(images).flatten(2).transpose(1, 2)
 
 
-def export_stem(checkpoint: Path, path: Path, seed: int | None = None) -> nn.Module:
-    """Save the untrained patch embedding of ``checkpoint``'s model to ``path``; return it."""
+def export_stem(checkpoint: Path, path: Path, seed: int | None = None) -> tuple[nn.Module, int]:
+    """Save the untrained patch embedding of ``checkpoint``'s model to ``path``; return it and
+    its image side."""
     model = random_init(load_checkpoint(checkpoint), seed).model
     stem = model.tokenizer.image.patch_embed
     if stem is None:
         raise SystemExit(f"{checkpoint}: the model has no trainable image stem")
     module = PatchFeatures(stem).eval()
     save_backbone(module, path, model.config.image_size)
-    return module
+    return module, model.config.image_size
 
 
 def main() -> None:
@@ -59,8 +60,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="initialisation seed (default: the checkpoint's training seed)")
     args = parser.parse_args()
-    module = export_stem(args.checkpoint, args.save, args.seed)
-    size = load_checkpoint(args.checkpoint).config.image_size
+    module, size = export_stem(args.checkpoint, args.save, args.seed)
     images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     loaded = load_frozen_backbone(args.save, size)
     with torch.no_grad():
