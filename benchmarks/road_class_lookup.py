@@ -9,8 +9,8 @@ backing off to coarser keys when fewer than ``--min-tiles`` training tiles share
 reference for the probes' errors, not a baseline of `geojepa evaluate`: it uses what the analyst
 knows about how limits are set, which a learned embedding has to find by itself.
 
-The folds are `geojepa evaluate`'s (:func:`geojepa.probes.grouped_folds` over the same groups
-and seed); the lookup is fitted on each fold's train and validation tiles and scored on its test
+The folds are `geojepa evaluate`'s (:func:`geojepa.evaluate.spatial_folds`, same groups and
+seed); the lookup is fitted on each fold's train and validation tiles and scored on its test
 tiles. Run by hand from the repository root (venv active):
 
     python benchmarks/road_class_lookup.py DATASET [--group-zoom 14] [--folds 5] [--seed 0]
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from geojepa.dataset.reader import TileDataset
-from geojepa.probes import grouped_folds
+from geojepa.evaluate import spatial_folds
 from geojepa.tasks import CAR_ROADS, load_labels, masked_dataset
 
 KEYS = (("top", "n_top", "n_service"), ("top", "n_top"), ("top",))
@@ -44,7 +44,7 @@ def road_classes(dataset: Path) -> pd.DataFrame:
 
     Returns:
         One row per tile: ``x``, ``y``, ``top`` (index into :data:`CAR_ROADS`, which lists the
-        classes fastest first; :data:`NO_CAR_ROAD` for none), ``n_top`` and ``n_service``
+        classes roughly fastest first; :data:`NO_CAR_ROAD` for none), ``n_top`` and ``n_service``
         (capped at :data:`CAP`).
     """
     rank = {f"highway={c}": i for i, c in enumerate(CAR_ROADS)}
@@ -85,12 +85,9 @@ def main() -> None:
     ds = TileDataset(args.dataset)
     labels = load_labels(args.dataset).to_pandas()
     data = labels.merge(road_classes(args.dataset), on=["x", "y"], how="left", validate="1:1")
-    gz = ds.manifest.group_zoom if args.group_zoom is None else args.group_zoom
-    shift = ds.manifest.zoom - gz
-    groups = np.stack([data["x"].to_numpy() >> shift, data["y"].to_numpy() >> shift], axis=1)
     y = data["max_speed"].to_numpy()
     maes = []
-    for fold in grouped_folds(groups, args.folds, args.seed):
+    for fold in spatial_folds(ds, data, args.group_zoom, args.folds, args.seed):
         fit = data.iloc[np.concatenate([fold.train, fold.val])]
         pred = lookup(fit, data.iloc[fold.test], args.min_tiles)
         maes.append(float(np.abs(pred - y[fold.test]).mean()))

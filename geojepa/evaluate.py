@@ -341,13 +341,31 @@ def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[s
             raise GeoJepaError("the stored split has an empty train, val or test part; use --protocol cv",
                                ds.folder)
         return protocol, [Fold(0, idx["train"], idx["val"], idx["test"])]
-    gz = ds.manifest.group_zoom if config.group_zoom is None else config.group_zoom
+    return protocol, spatial_folds(ds, labels, config.group_zoom, config.folds, config.seed)
+
+
+def spatial_folds(ds: TileDataset, labels: pd.DataFrame, group_zoom: int | None, folds: int,
+                  seed: int) -> list[Fold]:
+    """The cross-validation folds of :func:`evaluate`: tiles grouped by their zoom-``group_zoom``
+    parent tile, whole groups per fold (:func:`geojepa.probes.grouped_folds`).
+
+    Args:
+        ds: The dataset (its zoom; its default group zoom when ``group_zoom`` is None).
+        labels: One row per tile with tile columns ``x`` and ``y``, in the order the folds index.
+        group_zoom: Zoom of the groups; None = the dataset's.
+        folds: Number of folds.
+        seed: Seed of the assignment of groups to folds.
+
+    Raises:
+        GeoJepaError: If ``group_zoom`` is outside ``0..zoom`` or there are too few groups.
+    """
+    gz = ds.manifest.group_zoom if group_zoom is None else group_zoom
     if not 0 <= gz <= ds.manifest.zoom:
         raise GeoJepaError(f"group zoom must be in 0..{ds.manifest.zoom}, got {gz}")
     shift = ds.manifest.zoom - gz
     groups = np.stack([labels["x"].to_numpy() >> shift, labels["y"].to_numpy() >> shift], axis=1)
     try:
-        return protocol, grouped_folds(groups, config.folds, config.seed)
+        return grouped_folds(groups, folds, seed)
     except ValueError as err:
         raise GeoJepaError(f"{err} (zoom-{gz} groups)", ds.folder) from err
 

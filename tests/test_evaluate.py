@@ -16,7 +16,7 @@ from geojepa.dataset.overlap import TileKeys, places_covered, pretraining_record
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint
 from geojepa.errors import GeoJepaError
-from geojepa.evaluate import EvalConfig, best_replicate, evaluate, select_on_validation
+from geojepa.evaluate import EvalConfig, best_replicate, evaluate, select_on_validation, spatial_folds
 from geojepa.features import random_init
 from geojepa.prepare import PrepareConfig, prepare
 from geojepa.probes import grouped_folds
@@ -123,6 +123,19 @@ def test_same_settings_give_the_same_numbers(helsinki: Path, checkpoint: Path, t
     a = evaluate({"m": checkpoint}, helsinki, tmp_path / "a", config, progress=False)
     b = evaluate({"m": checkpoint}, helsinki, tmp_path / "b", config, progress=False)
     assert a["runs"].read_text() == b["runs"].read_text()
+
+
+def test_spatial_folds_keep_each_parent_tile_in_one_fold(helsinki: Path) -> None:
+    labels = load_labels(helsinki).to_pandas()
+    folds = spatial_folds(TileDataset(helsinki), labels, 16, 3, 0)
+    parent = (labels["x"].to_numpy() >> 1) * 100_000 + (labels["y"].to_numpy() >> 1)
+    tests = [set(parent[f.test]) for f in folds]
+    assert sum(len(t) for t in tests) == len(set(parent))
+    assert sorted(np.concatenate([f.test for f in folds]).tolist()) == list(range(len(labels)))
+    for fold in folds:
+        assert not set(parent[fold.test]) & (set(parent[fold.train]) | set(parent[fold.val]))
+    with pytest.raises(GeoJepaError, match="group zoom must be in 0..17"):
+        spatial_folds(TileDataset(helsinki), labels, 18, 3, 0)
 
 
 def test_too_few_groups_is_a_clear_error(helsinki: Path, tmp_path: Path) -> None:
