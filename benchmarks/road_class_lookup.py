@@ -65,8 +65,7 @@ def lookup(train: pd.DataFrame, test: pd.DataFrame, min_tiles: int) -> np.ndarra
     for key in KEYS:
         stats = train.groupby(list(key))["max_speed"].agg(["median", "size"])
         stats = stats[stats["size"] >= min_tiles]
-        found = pd.MultiIndex.from_frame(test[list(key)]).map(stats["median"].to_dict().get)
-        found = np.array([np.nan if v is None else v for v in found], float)
+        found = test.join(stats["median"], on=list(key))["median"].to_numpy(float)
         use = ~done & ~np.isnan(found)
         pred[use] = found[use]
         done |= use
