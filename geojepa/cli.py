@@ -252,7 +252,8 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    help="fit count tasks on the raw counts instead of log1p")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the folds and the MLP probes")
     p.add_argument("--layers", type=int, default=d.layers, help="tile embeddings pool the "
-                   f"encoder's last LAYERS blocks (multi-layer probing; default {d.layers})")
+                   "encoder's last LAYERS blocks and the set probe's tokens concatenate them "
+                   f"(multi-layer probing; default {d.layers})")
     p.add_argument("--pool", choices=TILE_POOLS, default=d.pool,
                    help="tile embeddings pool all tokens together (tokens, the SPEC's) or, for "
                    f"models with images, entities and image patches apart (modality; default "

@@ -200,6 +200,7 @@ def iter_embeddings(
     image_only: bool = False,
     layers: int = 1,
     pool: TilePool = "tokens",
+    layered_tokens: bool = False,
 ) -> Iterator[Embeddings]:
     """Embed a dataset batch by batch, in stored tile order.
 
@@ -218,6 +219,8 @@ def iter_embeddings(
             embedding (``2 * layers * d`` numbers; see :meth:`GeoJEPA.embed`).
         pool: ``"tokens"`` pools all tokens together; ``"modality"`` pools a model's entities
             and image patches apart (twice the numbers for a model with both).
+        layered_tokens: Entity and patch embeddings concatenate the last ``layers`` blocks'
+            outputs too (``layers * d`` numbers) instead of the last block's alone.
 
     Yields:
         One :class:`Embeddings` per batch.
@@ -245,7 +248,7 @@ def iter_embeddings(
             batch = batch.to(device)
             if image_only:
                 batch = replace(batch, valid=torch.zeros_like(batch.valid))
-            tok, valid, tile_emb = model.embed(batch, layers, pool)
+            tok, valid, tile_emb = model.embed(batch, layers, pool, layered_tokens)
             yield _split_tokens(batch, tok, valid, tile_emb, entities_first, tokens)
             bar.advance(task, batch.size)
 
@@ -286,11 +289,12 @@ def embed_dataset(
     image_only: bool = False,
     layers: int = 1,
     pool: TilePool = "tokens",
+    layered_tokens: bool = False,
 ) -> Embeddings:
     """Embed a whole dataset (or some splits) into memory; see :func:`iter_embeddings`."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     parts = list(iter_embeddings(ckpt, dataset, splits, batch_size, tokens, progress, image_only,
-                                 layers, pool))
+                                 layers, pool, layered_tokens))
     if not parts:
         raise GeoJepaError("no tiles to embed", dataset)
     return Embeddings.concat(parts)

@@ -96,7 +96,8 @@ class EvalConfig:
             checkpoint's own initialisation, from its training seed).
         batch_size: Tiles per forward pass when embedding.
         layers: Tile embeddings pool the outputs of the encoder's last ``layers`` blocks (1:
-            the last block only, SPEC section 4), for every model and untrained twin alike.
+            the last block only, SPEC section 4), and the set probe's tokens concatenate them,
+            for every model and untrained twin alike.
         pool: ``"tokens"`` (SPEC section 5) pools all of a tile's tokens together;
             ``"modality"`` pools the entities and the image patches of models with both apart
             and concatenates the two (see :meth:`~geojepa.model.jepa.GeoJEPA.embed`), for
@@ -566,7 +567,8 @@ def _notes(
                      "TagCount has no tokens, so no set-probe cells.")
     if config.layers > 1:
         notes.append(f"Tile embeddings (of every model and random-init twin) pool the outputs of "
-                     f"the encoder's last {config.layers} blocks, not only the last (SPEC: 1).")
+                     f"the encoder's last {config.layers} blocks, not only the last (SPEC: 1); "
+                     f"the set probe's tokens concatenate the same blocks' outputs.")
     if config.pool == "modality" and any(cs[0].config.uses_images for cs in loaded.values()):
         notes.append("Tile embeddings of models with images pool their entity tokens and their "
                      "image patches apart ([max, mean] of each, concatenated), not all tokens "

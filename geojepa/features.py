@@ -60,10 +60,11 @@ def model_inputs(
     layers: int = 1, pool: TilePool = "tokens", tokens: bool = False,
 ) -> Features:
     """Tile embeddings of a model (as :func:`model_features`) from one pass over the dataset,
-    with ``tokens`` also its last block's token embeddings: entities are kind 0 and image
-    patches the next kind (kind 0 for a model without entities)."""
+    with ``tokens`` also its token embeddings, from the same ``layers`` last blocks as the tile
+    embeddings (``[M, layers * d]``): entities are kind 0 and image patches the next kind (kind 0
+    for a model without entities)."""
     emb = embed_dataset(checkpoint, dataset, batch_size=batch_size, tokens=tokens, progress=False,
-                        image_only=image_only, layers=layers, pool=pool)
+                        image_only=image_only, layers=layers, pool=pool, layered_tokens=True)
     if not tokens:
         return Features(emb.tile)
     modalities = set(checkpoint.config.modalities)

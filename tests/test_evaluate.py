@@ -17,7 +17,7 @@ from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint
 from geojepa.errors import GeoJepaError
 from geojepa.evaluate import EvalConfig, best_replicate, evaluate, select_on_validation, spatial_folds
-from geojepa.features import random_init
+from geojepa.features import model_inputs, random_init
 from geojepa.prepare import PrepareConfig, prepare
 from geojepa.probes import grouped_folds
 from geojepa.synth import SynthConfig, write_synthetic_city
@@ -434,6 +434,18 @@ def test_cli_multi_layer_probing_widens_every_model_feature(
     assert main([*base, "-o", str(tmp_path / "s"), "--layers", "3"]) == 2
     assert "layers must be between 1 and the model's depth 2, got 3" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_set_probe_tokens_concatenate_the_pooled_blocks(helsinki: Path, checkpoint: Path) -> None:
+    """With multi-layer probing the set probe reads the same blocks as the tile embedding."""
+    ckpt = load_checkpoint(checkpoint)
+    one = model_inputs(ckpt, helsinki, tokens=True).tokens
+    two = model_inputs(ckpt, helsinki, layers=2, tokens=True).tokens
+    assert one is not None and two is not None
+    assert one.x.shape[1] == TINY["d"] and two.x.shape == (len(one.x), 2 * TINY["d"])
+    np.testing.assert_allclose(two.x[:, TINY["d"]:], one.x, atol=1e-5)  # the last block last
+    assert np.array_equal(two.tile, one.tile) and np.array_equal(two.kind, one.kind)
+    assert not np.allclose(two.x[:, :TINY["d"]], one.x, atol=1e-2)
 
 
 def _rewrite_osm(src: Path, dest: Path, id_offset: int) -> Path:

@@ -528,7 +528,7 @@ class GeoJEPA(nn.Module):
 
     @torch.no_grad()
     def embed(
-        self, batch: TileBatch, layers: int = 1, pool: TilePool = "tokens"
+        self, batch: TileBatch, layers: int = 1, pool: TilePool = "tokens", layered_tokens: bool = False
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Token and tile embeddings from the target encoder on the full token sets.
 
@@ -536,16 +536,19 @@ class GeoJEPA(nn.Module):
             batch: The tiles.
             layers: Pool the outputs of the encoder's last ``layers`` blocks (each through its
                 final LayerNorm) into the tile embedding, as in multi-layer linear probing;
-                1 (the default, SPEC section 4) pools the last block only. Token embeddings are
-                always the last block's.
+                1 (the default, SPEC section 4) pools the last block only.
             pool: ``"tokens"`` (SPEC section 5): [max, mean] over all of a tile's real tokens.
                 ``"modality"``: [max, mean] over its entity tokens, then [max, mean] over its
                 image patches, concatenated, so the many patch tokens of a model with images
                 cannot drown its entities; the same as ``"tokens"`` for a model of one kind of
                 token.
+            layered_tokens: Token embeddings concatenate the last ``layers`` blocks' outputs
+                too (``layers * d`` wide, the last block last), as the set probe reads them;
+                otherwise they are the last block's.
 
         Returns:
-            ``tokens`` ``Float[B, L, d]`` (zeros at padding), ``valid`` ``Bool[B, L]`` and
+            ``tokens`` ``Float[B, L, d]`` (zeros at padding; ``layers * d`` wide with
+            ``layered_tokens``), ``valid`` ``Bool[B, L]`` and
             ``tiles`` ``Float[B, 2 * k * layers * d]`` (``k`` = the kinds of token pooled
             apart: 1, or 2 with ``"modality"`` for a model with entities and images): [max,
             mean] over each tile's real tokens only (zeros where a tile has none), so a tile's
@@ -564,4 +567,5 @@ class GeoJEPA(nn.Module):
         groups = [valid]
         if pool == "modality" and self.config.uses_images and set(self.config.modalities) - {"I"}:
             groups = [valid & (tokens.modality == kind) for kind in (ENTITY, IMAGE)]
-        return h[..., -self.config.d:], valid, torch.cat([_max_mean(h, g) for g in groups], dim=-1)
+        tok = h if layered_tokens else h[..., -self.config.d:]
+        return tok, valid, torch.cat([_max_mean(h, g) for g in groups], dim=-1)

@@ -137,6 +137,12 @@ def test_multi_layer_embedding_pools_each_of_the_last_blocks() -> None:
     assert torch.allclose(top[:, -1], tiles[:, :32], atol=1e-6)
     assert torch.allclose(mean[:, -1], tiles[:, 32:], atol=1e-6)
     assert (deep[1] == 0).all()
+    layered, _, same = model.embed(batch, layers=3, layered_tokens=True)
+    assert layered.shape == (*tokens.shape[:2], 3 * 32) and torch.equal(same, deep)
+    assert torch.allclose(layered[..., -32:], tokens, atol=1e-6)  # the last block last
+    real = layered[valid]
+    assert torch.allclose(deep[:, :3 * 32][0], real[:4].amax(dim=0), atol=1e-6)  # tile 0's 4 tokens
+    assert (layered[~valid] == 0).all()
     # the first block's pooled output is the pooled tokens of a one-block encoder
     blocks = model.target.encoder.transformer.blocks
     model.target.encoder.transformer.blocks = blocks[:1]
