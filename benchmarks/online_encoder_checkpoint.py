@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     ckpt["state_dict"] = online_as_target(ckpt["state_dict"])
     ckpt["optimizer_states"] = []
     tmp = args.out.with_name(args.out.name + ".tmp")
