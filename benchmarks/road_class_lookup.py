@@ -64,7 +64,9 @@ def road_classes(dataset: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["x", "y", "top", "n_top", "n_service"])
 
 
-def lookup(train: pd.DataFrame, test: pd.DataFrame, min_tiles: int, statistic: str = "median") -> np.ndarray:
+def lookup(
+    train: pd.DataFrame, test: pd.DataFrame, min_tiles: int, statistic: str = "median"
+) -> np.ndarray:
     """The ``statistic`` (``median`` or ``mean``) of the training max_speed of the finest key with
     ``min_tiles`` training tiles."""
     pred = np.full(len(test), float(train["max_speed"].agg(statistic)))

@@ -528,7 +528,8 @@ class GeoJEPA(nn.Module):
 
     @torch.no_grad()
     def embed(
-        self, batch: TileBatch, layers: int = 1, pool: TilePool = "tokens", layered_tokens: bool = False
+        self, batch: TileBatch, layers: int = 1, pool: TilePool = "tokens",
+        layered_tokens: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Token and tile embeddings from the target encoder on the full token sets.
 
