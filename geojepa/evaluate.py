@@ -568,7 +568,7 @@ def _notes(
     if config.layers > 1:
         notes.append(f"Tile embeddings (of every model and random-init twin) pool the outputs of "
                      f"the encoder's last {config.layers} blocks, not only the last (SPEC: 1); "
-                     f"the set probe's tokens concatenate the same blocks' outputs.")
+                     "the set probe's tokens concatenate the same blocks' outputs.")
     if config.pool == "modality" and any(cs[0].config.uses_images for cs in loaded.values()):
         notes.append("Tile embeddings of models with images pool their entity tokens and their "
                      "image patches apart ([max, mean] of each, concatenated), not all tokens "
