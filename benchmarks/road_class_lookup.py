@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -65,10 +66,15 @@ def road_classes(dataset: Path) -> pd.DataFrame:
 
 
 def lookup(
-    train: pd.DataFrame, test: pd.DataFrame, min_tiles: int, statistic: str = "median"
+    train: pd.DataFrame, test: pd.DataFrame, min_tiles: int,
+    statistic: Literal["median", "mean"] = "median",
 ) -> np.ndarray:
-    """The ``statistic`` (``median`` or ``mean``) of the training max_speed of the finest key with
-    ``min_tiles`` training tiles."""
+    """Predict each test tile's max_speed from the training tiles that share its road classes.
+
+    Returns:
+        Per test tile, the ``statistic`` of the training max_speed of the finest key shared by
+        at least ``min_tiles`` training tiles (the overall ``statistic`` when none is).
+    """
     pred = np.full(len(test), float(train["max_speed"].agg(statistic)))
     done = np.zeros(len(test), bool)
     for key in KEYS:
