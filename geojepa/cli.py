@@ -207,6 +207,19 @@ def _selection_spec(text: str) -> tuple[str, list[str]]:
     return name, candidates.split(",")
 
 
+def _whitening(text: str) -> float | None:
+    """``none`` or a shrinkage >= 0, for ``--whitening``."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0.0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected none or a shrinkage >= 0, got {text!r}")
+    return value
+
+
 def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p = sub.add_parser(
         "evaluate", help="probe frozen embeddings on the downstream tasks against baselines",
@@ -258,6 +271,11 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    help="tile embeddings pool all tokens together (tokens, the SPEC's) or, for "
                    f"models with images, entities and image patches apart (modality; default "
                    f"{d.pool})")
+    p.add_argument("--whitening", nargs="+", type=_whitening, default=list(d.whitening),
+                   metavar="none|SHRINKAGE", help="inputs of the MLP and set probes: none "
+                   "(standardised only) and/or PCA-whitened with this shrinkage (0: fully; "
+                   "larger: milder), chosen per fit on the validation rows (default "
+                   f"{' '.join('none' if w is None else f'{w:g}' for w in d.whitening)})")
     p.add_argument("--best-replicate", action="store_true",
                    help="also report, for every checkpoint NAME with several replicates and for "
                    "its random initialisations, the replicate that probes best on the validation "
@@ -281,7 +299,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                         folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,
                         seed=args.seed, layers=args.layers, pool=args.pool,
-                        best_replicate=args.best_replicate)
+                        best_replicate=args.best_replicate, whitening=tuple(args.whitening))
     select = dict(args.select)
     if len(select) < len(args.select):
         raise GeoJepaError("two selections have the same NAME")

@@ -53,7 +53,18 @@ from geojepa.features import (
     training_seed,
 )
 from geojepa.model.jepa import TilePool
-from geojepa.probes import Fold, ProbeResult, fit_dummy, fit_linear, fit_mlp, fit_set, grouped_folds
+from geojepa.probes import (
+    DEFAULT_WHITENING,
+    Fold,
+    ProbeResult,
+    Whitening,
+    fit_dummy,
+    fit_linear,
+    fit_mlp,
+    fit_set,
+    grouped_folds,
+    whitening_name,
+)
 from geojepa.report import VARIANTS, write_report
 from geojepa.tasks import (
     LABELS_NAME,
@@ -105,6 +116,8 @@ class EvalConfig:
         best_replicate: Also report, for every method with several replicates (pretraining
             runs, and their random initialisations), the replicate chosen per task, probe and
             fold on the validation rows (see :func:`best_replicate`).
+        whitening: Input whitenings the MLP and set probes choose from on validation (None:
+            standardised only; a number: :func:`~geojepa.probes.whitener`'s shrinkage).
     """
 
     tasks: tuple[str, ...] = tuple(TASKS)
@@ -123,6 +136,7 @@ class EvalConfig:
     layers: int = 1
     pool: TilePool = "tokens"
     best_replicate: bool = False
+    whitening: tuple[Whitening, ...] = DEFAULT_WHITENING
 
     def validate(self) -> None:
         """Reject unknown names and impossible numbers.
@@ -143,6 +157,10 @@ class EvalConfig:
             raise GeoJepaError("need at least 3 folds and 1 seed")
         if self.layers < 1:
             raise GeoJepaError(f"layers must be at least 1, got {self.layers}")
+        if not self.whitening or any(w is not None and not (np.isfinite(w) and w >= 0.0)
+                                     for w in self.whitening):
+            raise GeoJepaError("whitening needs one or more of none and shrinkages >= 0, got "
+                               f"{', '.join(map(whitening_name, self.whitening)) or 'nothing'}")
         check_pool(self.pool)
 
 
@@ -531,10 +549,12 @@ def _fit_method(
                 fits.append(("linear", 0, fit_linear(x.tile, y, fold, task.kind, log_target=log)))
             if "mlp" in config.probes:
                 fits.extend(("mlp", s, fit_mlp(x.tile, y, fold, task.kind, log_target=log,
-                                               seed=config.seed + s)) for s in seeds)
+                                               seed=config.seed + s, whitening=config.whitening))
+                            for s in seeds)
             if x.tokens is not None:
                 fits.extend(("set", s, fit_set(x.tokens, y, fold, task.kind, log_target=log,
-                                               seed=config.seed + s)) for s in seeds)
+                                               seed=config.seed + s, whitening=config.whitening))
+                            for s in seeds)
         for probe, seed, r in fits:
             rows.append({"probe": probe, "fold": fold.index, "seed": seed, "metric": r.metric,
                          "val_metric": r.val_metric, "constant": r.constant,
@@ -559,6 +579,8 @@ def _notes(
     if "mlp" in config.probes:
         notes.append(f"MLP probe: 512 hidden, GELU, AdamW, early stopping on validation; "
                      f"{config.seeds} seeds per fold (cells average them).")
+    if {"mlp", "set"} & set(config.probes):
+        notes.append(_whitening_note(config.whitening))
     if "set" in config.probes:
         notes.append("Set probe (`set`): on each tile's token embeddings (entities, image patches; "
                      "TagPool's entity tag vectors), not the pooled tile embedding: a shared "
@@ -596,6 +618,16 @@ def _notes(
                      "its random-init twins average them per fold.")
         notes.append(f"{name}: {note}")
     return notes
+
+
+def _whitening_note(whitening: Sequence[Whitening]) -> str:
+    """How the MLP and set probes' inputs were whitened."""
+    names = " or ".join("standardised only" if w is None else f"PCA-whitened with shrinkage {w:g}"
+                        for w in whitening)
+    chosen = ", chosen per fit on the validation rows" if len(whitening) > 1 else ""
+    return (f"MLP and set probes: inputs {names}{chosen} (`selected` in runs.csv names it; "
+            "whitening lets a gradient-trained probe read directions of low variance that "
+            "ridge regression reads in closed form).")
 
 
 def _vocabulary_note(ckpt: Checkpoint, ds: TileDataset) -> str:

@@ -3,10 +3,11 @@ tile embeddings, and a set probe on each tile's token embeddings (:func:`fit_set
 
 Honesty rules (the reference selected on its test split; these probes never do):
 
-* Only the **train** rows of a :class:`Fold` fit anything: the feature (or token) mean and standard
-  deviation, the target scaling, the model weights and the clamping range of regression outputs.
+* Only the **train** rows of a :class:`Fold` fit anything: the feature (or token) mean, standard
+  deviation and covariance (whitening), the target scaling, the model weights and the clamping
+  range of regression outputs.
 * Only the **validation** rows choose anything: the regularisation strength of the linear probe
-  and the stopping epoch of the MLP and set probes.
+  and the whitening shrinkage and stopping epoch of the MLP and set probes.
 * The **test** rows are predicted once, at the end, by the chosen model; their labels enter only
   the reported metric.
 * Folds are spatially grouped (:func:`grouped_folds`): all rows of one group, e.g. one zoom-14
@@ -34,6 +35,13 @@ TaskKind = Literal["regression", "binary"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(alpha) for alpha in np.logspace(-2, 4, 13))
 """Regularisation strengths tried by :func:`fit_linear` (Ridge ``alpha``, logistic ``1/C``)."""
+
+Whitening = float | None
+"""A shrinkage of :func:`whitener`, or None for standardised features only."""
+
+DEFAULT_WHITENING: tuple[Whitening, ...] = (None, 1.0, 10.0)
+"""Input whitenings tried by :func:`fit_mlp` and :func:`fit_set`, chosen on validation: none,
+and :func:`whitener` with shrinkage 1 and 10."""
 
 STD_FLOOR = 1e-6
 """Feature columns whose train standard deviation is at most this carry no information and are
@@ -216,16 +224,25 @@ def fit_mlp(
     max_epochs: int = 300,
     patience: int = 25,
     batch_size: int = 256,
+    whitening: Sequence[Whitening] = DEFAULT_WHITENING,
 ) -> ProbeResult:
     """A one-hidden-layer MLP, ``Linear(D, hidden) -> GELU -> Linear(hidden, 1)``, early-stopped.
 
-    Trained with AdamW on train-standardised features: Smooth-L1 loss on the train-standardised
+    Trained with AdamW on train-standardised features, for each of ``whitening`` as they are
+    (None) or whitened (:func:`whitener`): Smooth-L1 loss on the train-standardised
     target (in log space with ``log_target``) for regression, BCE-with-logits for binary. After
     every epoch the validation metric is measured (ties for binary broken by validation BCE); the
     best epoch's weights are kept and training stops after ``patience`` epochs without
-    improvement. Weights are initialised from ``seed`` inside :func:`torch.random.fork_rng` and
-    batches are shuffled by a generator seeded with ``seed``, so the global RNG is untouched and
-    equal inputs give bitwise-equal results.
+    improvement. Of the whitenings, the one whose best epoch scores best on validation wins (ties:
+    the earlier). Weights are initialised from ``seed`` inside
+    :func:`torch.random.fork_rng` and batches are shuffled by a generator seeded with ``seed``,
+    so the global RNG is untouched and equal inputs give bitwise-equal results.
+
+    Whitening matters because Adam steps along the feature axes: an embedding that holds a label
+    in directions of low variance is read by ridge regression (closed form) but barely reached by
+    an early-stopped MLP on merely standardised features, which can then score worse than the
+    linear probe; on other features whitening lets the MLP overfit within a few epochs, so the
+    validation rows choose.
 
     Args:
         x: Features ``[N, D]``.
@@ -240,15 +257,18 @@ def fit_mlp(
         max_epochs: Upper bound on training epochs.
         patience: Epochs without validation improvement before stopping.
         batch_size: Train rows per optimiser step.
+        whitening: Whitenings to try (at least one): None, or a shrinkage >= 0.
 
     Returns:
-        The result for the best epoch (``selected="epochs=..."``, 1-based).
+        The result for the best whitening and epoch (``selected="whitening=...,epochs=..."``,
+        whitening ``none`` or the shrinkage, epochs 1-based).
 
     Raises:
         ValueError: If ``x`` is not ``[N, D]`` for ``y`` of ``[N]``, the fold's index arrays are
             empty, out of range or overlap, fold rows hold non-finite values, binary labels are
-            not 0/1, ``log_target`` is set for a binary task or meets negative train labels, or
-            ``hidden``, ``max_epochs``, ``patience`` or ``batch_size`` is below 1.
+            not 0/1, ``log_target`` is set for a binary task or meets negative train labels,
+            ``hidden``, ``max_epochs``, ``patience`` or ``batch_size`` is below 1, or
+            ``whitening`` is empty or holds a negative shrinkage.
     """
     features, labels = _check_inputs(x, y, fold, kind, log_target)
     for name, value in (
@@ -259,15 +279,21 @@ def fit_mlp(
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    grid = _check_whitening(whitening)
     train_x, val_x, test_x = _standardise(features, fold)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(features.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 1))
-    return _fit_early_stopped(
-        model, (_tensor(train_x), _tensor(val_x), _tensor(test_x)), labels, fold, kind, log_target,
-        seed=seed, lr=lr, weight_decay=weight_decay, max_epochs=max_epochs, patience=patience,
-        batch_size=batch_size,
-    )
+
+    def fit(shrinkage: Whitening) -> tuple[ProbeResult, tuple[float, ...]]:
+        white = whitener(train_x, shrinkage)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = nn.Sequential(nn.Linear(features.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 1))
+        return _fit_early_stopped(
+            model, (_tensor(white(train_x)), _tensor(white(val_x)), _tensor(white(test_x))), labels,
+            fold, kind, log_target, seed=seed, lr=lr, weight_decay=weight_decay,
+            max_epochs=max_epochs, patience=patience, batch_size=batch_size,
+        )
+
+    return _best_whitening(fit, grid)
 
 
 @dataclass(frozen=True)
@@ -348,16 +374,18 @@ def fit_set(
     max_epochs: int = 200,
     patience: int = 20,
     batch_size: int = 32,
+    whitening: Sequence[Whitening] = DEFAULT_WHITENING,
 ) -> ProbeResult:
     """A set probe on a tile's frozen token embeddings (Deep Sets), early-stopped like the MLP.
 
     Pooling a tile's tokens into one ``[max, mean]`` vector before the probe hides what only a
     few tokens show (a handful of image patches with a painted crossing among 196); this probe
     learns the per-token features first: each token (standardised with the mean and standard
-    deviation of the train tiles' tokens, plus a one-hot of its kind) goes through a shared
-    two-layer MLP (``hidden`` wide, GELU), the outputs are ``[mean, max]`` pooled per kind and
-    a linear layer maps them to the prediction. Loss, target scaling, clamping, validation
-    early stopping and seeding are those of :func:`fit_mlp`.
+    deviation of the train tiles' tokens and whitened with their covariance as in
+    :func:`fit_mlp`, plus a one-hot of its kind) goes through a shared two-layer MLP
+    (``hidden`` wide, GELU), the outputs are ``[mean, max]`` pooled per kind and a linear layer
+    maps them to the prediction. Loss, target scaling, clamping, validation early stopping, the
+    choice of whitening and seeding are those of :func:`fit_mlp`.
 
     Args:
         tokens: Every tile's tokens (:class:`TokenSets`, tiles in the order of ``y``).
@@ -372,9 +400,10 @@ def fit_set(
         max_epochs: Upper bound on training epochs.
         patience: Epochs without validation improvement before stopping.
         batch_size: Train tiles per optimiser step.
+        whitening: Whitenings of the tokens to try, as in :func:`fit_mlp`.
 
     Returns:
-        The result for the best epoch (``selected="epochs=..."``, 1-based).
+        The result for the best whitening and epoch (as :func:`fit_mlp`).
 
     Raises:
         ValueError: As :func:`fit_mlp`, and if ``y`` does not have one label per tile, the
@@ -387,6 +416,7 @@ def fit_set(
         raise ValueError("log_target needs a regression task with labels >= 0 on the train rows")
     if min(hidden, max_epochs, patience, batch_size) < 1:
         raise ValueError("hidden, max_epochs, patience and batch_size must be >= 1")
+    grid = _check_whitening(whitening)
     split = np.zeros(tokens.num_tiles, np.int8)
     split[fold.train], split[fold.val], split[fold.test] = 1, 2, 2
     used = split[tokens.tile] > 0
@@ -395,16 +425,23 @@ def fit_set(
     train = tokens.x[split[tokens.tile] == 1].astype(np.float64)
     if not len(train):
         raise ValueError(f"fold {fold.index}: the train tiles have no tokens")
-    scaled = _scaler(train)(tokens.x[used].astype(np.float64))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = _SetProbe(_tensor(scaled), torch.from_numpy(tokens.tile[used]),
-                          torch.from_numpy(tokens.kind[used]), tokens.num_tiles, tokens.num_kinds, hidden)
+    scale = _scaler(train)
+    train, scaled = scale(train), scale(tokens.x[used].astype(np.float64))
     rows = tuple(torch.from_numpy(np.asarray(part, dtype=np.int64)) for part in (fold.train, fold.val, fold.test))
-    return _fit_early_stopped(
-        model, rows, labels, fold, kind, log_target, seed=seed, lr=lr, weight_decay=weight_decay,
-        max_epochs=max_epochs, patience=patience, batch_size=batch_size,
-    )
+
+    def fit(shrinkage: Whitening) -> tuple[ProbeResult, tuple[float, ...]]:
+        white = whitener(train, shrinkage)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _SetProbe(_tensor(white(scaled)), torch.from_numpy(tokens.tile[used]),
+                              torch.from_numpy(tokens.kind[used]), tokens.num_tiles, tokens.num_kinds,
+                              hidden)
+        return _fit_early_stopped(
+            model, rows, labels, fold, kind, log_target, seed=seed, lr=lr, weight_decay=weight_decay,
+            max_epochs=max_epochs, patience=patience, batch_size=batch_size,
+        )
+
+    return _best_whitening(fit, grid)
 
 
 def _fit_early_stopped(
@@ -415,9 +452,13 @@ def _fit_early_stopped(
     kind: TaskKind,
     log_target: bool,
     **training: Any,
-) -> ProbeResult:
+) -> tuple[ProbeResult, tuple[float, ...]]:
     """Fit ``model`` on the train inputs (loss and target as :func:`fit_mlp` describes), stop on
-    the validation inputs, score the test inputs; ``training`` goes to :func:`_train_early_stopped`."""
+    the validation inputs, score the test inputs; ``training`` goes to :func:`_train_early_stopped`.
+
+    Returns:
+        The result and the validation key of its epoch (metric, then BCE for binary tasks).
+    """
     train_y, val_y = labels[fold.train], labels[fold.val]
     if kind == "regression":
         target, decode = _regression_target(train_y, log_target)
@@ -437,7 +478,63 @@ def _fit_early_stopped(
     best_epoch, best_key = _train_early_stopped(model, loss_fn, (train_in, _tensor(target)), val_in,
                                                 val_key, **training)
     predictions = decode(_predict(model, test_in))
-    return _result(predictions, labels[fold.test], kind, best_key[0], f"epochs={best_epoch}")
+    return _result(predictions, labels[fold.test], kind, best_key[0], f"epochs={best_epoch}"), best_key
+
+
+def _check_whitening(whitening: Sequence[Whitening]) -> list[Whitening]:
+    """``whitening`` as a list, checked.
+
+    Raises:
+        ValueError: If it is empty or holds a shrinkage that is negative or not finite.
+    """
+    grid = [None if value is None else float(value) for value in whitening]
+    if not grid or any(value is not None and not (np.isfinite(value) and value >= 0.0) for value in grid):
+        raise ValueError(f"whitening must be a non-empty sequence of None or shrinkages >= 0, "
+                         f"got {list(whitening)}")
+    return grid
+
+
+def whitening_name(shrinkage: Whitening) -> str:
+    """``"none"`` or the shrinkage, as ``selected`` and the report write it."""
+    return "none" if shrinkage is None else f"{shrinkage:g}"
+
+
+def _best_whitening(
+    fit: Callable[[Whitening], tuple[ProbeResult, tuple[float, ...]]], grid: list[Whitening]
+) -> ProbeResult:
+    """The result of ``fit`` with the lowest validation key over ``grid`` (ties: the earlier),
+    its ``selected`` prefixed with the whitening."""
+    fits = []
+    for order, shrinkage in enumerate(grid):
+        result, key = fit(shrinkage)
+        result.selected = f"whitening={whitening_name(shrinkage)},{result.selected}"
+        fits.append((key, order, result))
+    return min(fits, key=lambda item: item[:2])[2]
+
+
+def whitener(
+    train: NDArray[np.float64], shrinkage: Whitening
+) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
+    """Shrunk PCA whitening fitted on the ``train`` rows (the identity for ``shrinkage`` None).
+
+    Rows are centred on the train mean and rotated onto the train covariance's eigenvectors; the
+    coordinate along an eigenvector of variance ``v`` is divided by
+    ``sqrt(v + shrinkage * mean(v))``. Shrinkage 0 whitens fully (every direction of the train
+    rows gets unit variance, noise included); a large shrinkage only rotates and rescales. In
+    between, strong directions are evened out and weak ones keep their relative size, so a
+    gradient-trained probe reaches what they hold without drowning in noise.
+    """
+    if shrinkage is None:
+        return lambda values: values
+    mean = train.mean(axis=0)
+    centred = train - mean
+    variances, axes = np.linalg.eigh(centred.T @ centred / len(train))
+    variances = variances.clip(min=0.0)
+    floor = shrinkage * float(variances.mean())
+    total = variances + floor
+    scale = np.divide(1.0, np.sqrt(total), out=np.zeros_like(total), where=total > STD_FLOOR**2)
+    matrix = axes * scale
+    return lambda values: (values - mean) @ matrix
 
 
 def _train_early_stopped(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,13 @@ from geojepa.dataset.overlap import TileKeys, places_covered, pretraining_record
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint
 from geojepa.errors import GeoJepaError
-from geojepa.evaluate import EvalConfig, best_replicate, evaluate, select_on_validation, spatial_folds
+from geojepa.evaluate import (
+    EvalConfig,
+    best_replicate,
+    evaluate,
+    select_on_validation,
+    spatial_folds,
+)
 from geojepa.features import model_inputs, random_init
 from geojepa.prepare import PrepareConfig, prepare
 from geojepa.probes import grouped_folds
@@ -528,3 +535,32 @@ def test_report_says_pretraining_on_other_files_saw_the_tiles(
     assert "- copy: pretraining saw the inputs of 100% of the evaluated test tiles" in text
     assert ("- renumbered: pretraining saw none of the evaluated test tiles (inductive). "
             "Pretraining (on other input files) covered the places of 100%") in text
+
+
+def test_cli_whitening_grid_is_chosen_on_validation_and_reported(
+    helsinki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "--folds", "3",
+            "--group-zoom", "16", "--probes", "mlp", "--seeds", "1", "--variants", "masked",
+            "--baselines", "tagcount"]
+    assert main([*base, "-o", str(tmp_path / "d")]) == 0
+    chosen = _runs(tmp_path / "d")["selected"].str.extract(r"^whitening=([^,]+),epochs=\d+$")[0]
+    assert chosen.notna().all() and set(chosen) <= {"none", "1", "10"}
+    text = (tmp_path / "d" / "results.md").read_text()
+    assert ("standardised only or PCA-whitened with shrinkage 1 or PCA-whitened with shrinkage 10, "
+            "chosen per fit on the validation rows") in text
+    assert main([*base, "-o", str(tmp_path / "n"), "--whitening", "none"]) == 0
+    plain = _runs(tmp_path / "n")
+    assert plain["selected"].str.startswith("whitening=none,").all()
+    settings = json.loads((tmp_path / "n" / "settings.json").read_text())
+    assert settings["whitening"] == [None]
+    assert "chosen per fit" not in (tmp_path / "n" / "results.md").read_text()
+    # every fit of the default grid scores at least as well on validation as the plain one
+    default = _runs(tmp_path / "d").set_index("fold")["val_metric"]
+    assert (default <= plain.set_index("fold")["val_metric"] + 1e-12).all()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base, "-o", str(tmp_path / "s"), "--whitening", "-1"])
+    assert exit_info.value.code == 2
+    assert "expected none or a shrinkage >= 0, got '-1'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,6 +20,7 @@ from geojepa.probes import (
     fit_mlp,
     fit_set,
     grouped_folds,
+    whitener,
 )
 
 N_ROWS = 600
@@ -196,7 +198,7 @@ def test_probes_recover_a_linear_relation() -> None:
     assert linear.metric < 0.2 * dummy.metric
     assert mlp.metric < 0.5 * dummy.metric
     assert linear.selected.startswith("alpha=")
-    assert mlp.selected.startswith("epochs=")
+    assert re.fullmatch(r"whitening=(none|10),epochs=\d+", mlp.selected)
     assert not linear.constant and not mlp.constant
     assert linear.predictions.shape == mlp.predictions.shape == fold.test.shape
 
@@ -242,6 +244,64 @@ def test_count_probes_beat_dummy_and_stay_in_the_train_label_range(probe: str) -
         assert predictions.min() >= low
         assert predictions.max() <= high
     assert np.all(clamped.predictions[:20] == high)
+
+
+# --- whitening ---------------------------------------------------------------------------------
+
+
+def hidden_in_weak_directions() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Features whose variance falls from 100 to 0.01 over 32 randomly rotated directions; the
+    label is linear in one direction of variance 0.26. Ridge reads it in closed form, an
+    early-stopped MLP on standardised features barely reaches it."""
+    rng = np.random.default_rng(5)
+    variances = np.logspace(2.0, -2.0, 32)
+    rotation, _ = np.linalg.qr(rng.normal(size=(32, 32)))
+    z = rng.normal(size=(N_ROWS, 32))
+    y = 3.0 * z[:, 20] + 0.1 * rng.normal(size=N_ROWS)
+    return (z * np.sqrt(variances)) @ rotation.T, y
+
+
+def test_whitener_scales_each_principal_direction_by_its_shrunk_variance() -> None:
+    x = hidden_in_weak_directions()[0]
+    train, other = x[:400], x[400:]
+    full = whitener(train, 0.0)(train)
+    np.testing.assert_allclose(full.mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(np.cov(full.T, bias=True), np.eye(32), atol=1e-6)
+    variances = np.linalg.eigvalsh(np.cov(train.T, bias=True))
+    shrunk = np.sort(np.var(whitener(train, 10.0)(train), axis=0))
+    np.testing.assert_allclose(shrunk, np.sort(variances / (variances + 10.0 * variances.mean())),
+                               rtol=1e-6, atol=1e-12)
+    assert whitener(train, None)(other) is other
+    # Fitted on the train rows only: what other rows hold does not move the map.
+    moved = whitener(train, 1.0)
+    np.testing.assert_array_equal(moved(other[:5]), whitener(train.copy(), 1.0)(other[:5]))
+    assert np.all(np.isfinite(whitener(np.zeros((10, 3)), 1.0)(np.ones((2, 3)))))
+
+
+def test_whitening_lets_the_mlp_read_weak_directions() -> None:
+    x, y = hidden_in_weak_directions()
+    fold = first_fold()
+    linear = fit_linear(x, y, fold, "regression")
+    plain = fit_mlp(x, y, fold, "regression", whitening=[None], **FAST_MLP)
+    full = fit_mlp(x, y, fold, "regression", whitening=[0.0], **FAST_MLP)
+    chosen = fit_mlp(x, y, fold, "regression", **FAST_MLP)
+    assert linear.metric < 0.1 * plain.metric  # the label is there, linearly
+    assert full.metric < 0.5 * plain.metric
+    assert not chosen.selected.startswith("whitening=none,")
+    assert chosen.metric < 0.85 * plain.metric
+
+
+def test_whitening_choice_is_validated() -> None:
+    x = embeddings()
+    y = linear_labels(x)
+    fold = first_fold()
+    for bad in ([], [-1.0], [None, float("nan")]):
+        with pytest.raises(ValueError, match="whitening"):
+            fit_mlp(x, y, fold, "regression", whitening=bad, **FAST_MLP)
+    only = fit_mlp(x, y, fold, "regression", whitening=[10.0], **FAST_MLP)
+    both = fit_mlp(x, y, fold, "regression", whitening=[None, 10.0], **FAST_MLP)
+    assert only.selected.startswith("whitening=10,")
+    assert both.val_metric <= only.val_metric
 
 
 # --- honesty: the test rows never steer the fit ----------------------------------------------
@@ -412,7 +472,7 @@ def test_set_probe_counts_what_few_tokens_show() -> None:
     assert result.metric < 0.25 * dummy.metric
     assert result.metric < 0.5 * mlp.metric
     assert result.predictions.min() >= 0.0 and result.predictions.max() <= y[fold.train].max()
-    assert result.selected.startswith("epochs=")
+    assert re.fullmatch(r"whitening=(none|10),epochs=\d+", result.selected)
 
 
 def test_set_probe_is_honest_and_deterministic() -> None:
