@@ -282,15 +282,17 @@ def fit_mlp(
     grid = _check_whitening(whitening)
     train_x, val_x, test_x = _standardise(features, fold)
 
+    axes = _principal_axes(train_x) if any(w is not None for w in grid) else None
+
     def fit(shrinkage: Whitening) -> tuple[ProbeResult, tuple[float, ...]]:
-        white = whitener(train_x, shrinkage)
+        white = whitener(train_x, shrinkage, axes)
+        inputs = tuple(_tensor(white(part)) for part in (train_x, val_x, test_x))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = nn.Sequential(nn.Linear(features.shape[1], hidden), nn.GELU(), nn.Linear(hidden, 1))
+            model = nn.Sequential(nn.Linear(inputs[0].shape[1], hidden), nn.GELU(), nn.Linear(hidden, 1))
         return _fit_early_stopped(
-            model, (_tensor(white(train_x)), _tensor(white(val_x)), _tensor(white(test_x))), labels,
-            fold, kind, log_target, seed=seed, lr=lr, weight_decay=weight_decay,
-            max_epochs=max_epochs, patience=patience, batch_size=batch_size,
+            model, inputs, labels, fold, kind, log_target, seed=seed, lr=lr,
+            weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, batch_size=batch_size,
         )
 
     return _best_whitening(fit, grid)
@@ -429,8 +431,10 @@ def fit_set(
     train, scaled = scale(train), scale(tokens.x[used].astype(np.float64))
     rows = tuple(torch.from_numpy(np.asarray(part, dtype=np.int64)) for part in (fold.train, fold.val, fold.test))
 
+    axes = _principal_axes(train) if any(w is not None for w in grid) else None
+
     def fit(shrinkage: Whitening) -> tuple[ProbeResult, tuple[float, ...]]:
-        white = whitener(train, shrinkage)
+        white = whitener(train, shrinkage, axes)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = _SetProbe(_tensor(white(scaled)), torch.from_numpy(tokens.tile[used]),
@@ -512,29 +516,58 @@ def _best_whitening(
     return min(fits, key=lambda item: item[:2])[2]
 
 
+@dataclass(frozen=True)
+class _Axes:
+    """Principal axes of train rows: their mean, ``[D, K]`` axes, the variance along each, and
+    the mean variance over all ``D`` directions."""
+
+    mean: NDArray[np.float64]
+    axes: NDArray[np.float64]
+    variances: NDArray[np.float64]
+    mean_variance: float
+
+
+def _principal_axes(train: NDArray[np.float64]) -> _Axes:
+    """The principal axes of ``train`` ``[N, D]``: all ``D`` from the covariance for ``N >= D``;
+    for fewer rows than columns the ``N`` of a thin SVD of the rows (the others have no train
+    variance), which is much cheaper for wide features."""
+    mean = train.mean(axis=0)
+    centred = train - mean
+    if len(train) < train.shape[1]:
+        _, singular, rows = np.linalg.svd(centred, full_matrices=False)
+        variances, axes = singular**2 / len(train), rows.T
+    else:
+        variances, axes = np.linalg.eigh(centred.T @ centred / len(train))
+    variances = variances.clip(min=0.0)
+    return _Axes(mean, axes, variances, float(variances.sum()) / train.shape[1])
+
+
 def whitener(
-    train: NDArray[np.float64], shrinkage: Whitening
+    train: NDArray[np.float64], shrinkage: Whitening, axes: _Axes | None = None
 ) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
     """Shrunk PCA whitening fitted on the ``train`` rows (the identity for ``shrinkage`` None).
 
-    Rows are centred on the train mean and rotated onto the train covariance's eigenvectors; the
-    coordinate along an eigenvector of variance ``v`` is divided by
-    ``sqrt(v + shrinkage * mean(v))``. Shrinkage 0 whitens fully (every direction of the train
-    rows gets unit variance, noise included); a large shrinkage only rotates and rescales. In
+    Rows are centred on the train mean and rotated onto the train covariance's eigenvectors (all
+    ``D``, or for ``N < D`` train rows the ``N`` of a thin SVD, so the output is ``[M, min(N,
+    D)]``); the coordinate along an eigenvector of variance ``v`` is divided by
+    ``sqrt(v + shrinkage * mean(v))``, the mean over all ``D`` directions (0 where that is 0). Shrinkage 0 whitens fully (every direction of the train rows
+    gets unit variance, noise included); a large shrinkage only rotates and rescales. In
     between, strong directions are evened out and weak ones keep their relative size, so a
     gradient-trained probe reaches what they hold without drowning in noise.
+
+    Args:
+        train: The rows that fit it, ``[N, D]``.
+        shrinkage: As above; None: no whitening.
+        axes: ``train``'s principal axes when already computed (one decomposition serves every
+            shrinkage).
     """
     if shrinkage is None:
         return lambda values: values
-    mean = train.mean(axis=0)
-    centred = train - mean
-    variances, axes = np.linalg.eigh(centred.T @ centred / len(train))
-    variances = variances.clip(min=0.0)
-    floor = shrinkage * float(variances.mean())
-    total = variances + floor
+    found = axes or _principal_axes(train)
+    total = found.variances + shrinkage * found.mean_variance
     scale = np.divide(1.0, np.sqrt(total), out=np.zeros_like(total), where=total > STD_FLOOR**2)
-    matrix = axes * scale
-    return lambda values: (values - mean) @ matrix
+    matrix = found.axes * scale
+    return lambda values: (values - found.mean) @ matrix
 
 
 def _train_early_stopped(
