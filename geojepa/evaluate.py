@@ -58,12 +58,12 @@ from geojepa.probes import (
     Fold,
     ProbeResult,
     Whitening,
+    check_whitening,
     fit_dummy,
     fit_linear,
     fit_mlp,
     fit_set,
     grouped_folds,
-    whitening_name,
 )
 from geojepa.report import VARIANTS, write_report
 from geojepa.tasks import (
@@ -157,10 +157,10 @@ class EvalConfig:
             raise GeoJepaError("need at least 3 folds and 1 seed")
         if self.layers < 1:
             raise GeoJepaError(f"layers must be at least 1, got {self.layers}")
-        if not self.whitening or any(w is not None and not (np.isfinite(w) and w >= 0.0)
-                                     for w in self.whitening):
-            raise GeoJepaError("whitening needs one or more of none and shrinkages >= 0, got "
-                               f"{', '.join(map(whitening_name, self.whitening)) or 'nothing'}")
+        try:
+            check_whitening(self.whitening)
+        except ValueError as err:
+            raise GeoJepaError(str(err)) from err
         check_pool(self.pool)
 
 

@@ -279,13 +279,10 @@ def fit_mlp(
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    grid = _check_whitening(whitening)
+    grid = check_whitening(whitening)
     train_x, val_x, test_x = _standardise(features, fold)
 
-    axes = _principal_axes(train_x) if any(w is not None for w in grid) else None
-
-    def fit(shrinkage: Whitening) -> tuple[ProbeResult, tuple[float, ...]]:
-        white = whitener(train_x, shrinkage, axes)
+    def fit(white: Callable[[NDArray[np.float64]], NDArray[np.float64]]) -> tuple[ProbeResult, tuple[float, ...]]:
         inputs = tuple(_tensor(white(part)) for part in (train_x, val_x, test_x))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -295,7 +292,7 @@ def fit_mlp(
             weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, batch_size=batch_size,
         )
 
-    return _best_whitening(fit, grid)
+    return _best_whitening(fit, grid, train_x)
 
 
 @dataclass(frozen=True)
@@ -418,7 +415,7 @@ def fit_set(
         raise ValueError("log_target needs a regression task with labels >= 0 on the train rows")
     if min(hidden, max_epochs, patience, batch_size) < 1:
         raise ValueError("hidden, max_epochs, patience and batch_size must be >= 1")
-    grid = _check_whitening(whitening)
+    grid = check_whitening(whitening)
     split = np.zeros(tokens.num_tiles, np.int8)
     split[fold.train], split[fold.val], split[fold.test] = 1, 2, 2
     used = split[tokens.tile] > 0
@@ -431,10 +428,7 @@ def fit_set(
     train, scaled = scale(train), scale(tokens.x[used].astype(np.float64))
     rows = tuple(torch.from_numpy(np.asarray(part, dtype=np.int64)) for part in (fold.train, fold.val, fold.test))
 
-    axes = _principal_axes(train) if any(w is not None for w in grid) else None
-
-    def fit(shrinkage: Whitening) -> tuple[ProbeResult, tuple[float, ...]]:
-        white = whitener(train, shrinkage, axes)
+    def fit(white: Callable[[NDArray[np.float64]], NDArray[np.float64]]) -> tuple[ProbeResult, tuple[float, ...]]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = _SetProbe(_tensor(white(scaled)), torch.from_numpy(tokens.tile[used]),
@@ -445,7 +439,7 @@ def fit_set(
             max_epochs=max_epochs, patience=patience, batch_size=batch_size,
         )
 
-    return _best_whitening(fit, grid)
+    return _best_whitening(fit, grid, train)
 
 
 def _fit_early_stopped(
@@ -485,7 +479,7 @@ def _fit_early_stopped(
     return _result(predictions, labels[fold.test], kind, best_key[0], f"epochs={best_epoch}"), best_key
 
 
-def _check_whitening(whitening: Sequence[Whitening]) -> list[Whitening]:
+def check_whitening(whitening: Sequence[Whitening]) -> list[Whitening]:
     """``whitening`` as a list, checked.
 
     Raises:
@@ -504,13 +498,17 @@ def whitening_name(shrinkage: Whitening) -> str:
 
 
 def _best_whitening(
-    fit: Callable[[Whitening], tuple[ProbeResult, tuple[float, ...]]], grid: list[Whitening]
+    fit: Callable[[Callable[[NDArray[np.float64]], NDArray[np.float64]]], tuple[ProbeResult, tuple[float, ...]]],
+    grid: list[Whitening],
+    train: NDArray[np.float64],
 ) -> ProbeResult:
-    """The result of ``fit`` with the lowest validation key over ``grid`` (ties: the earlier),
-    its ``selected`` prefixed with the whitening."""
+    """Of ``fit`` given the :func:`whitener` of ``train`` for each entry of ``grid`` (one
+    decomposition serves them all), the result with the lowest validation key (ties: the
+    earlier), its ``selected`` prefixed with the whitening."""
+    axes = _principal_axes(train) if any(w is not None for w in grid) else None
     fits = []
     for order, shrinkage in enumerate(grid):
-        result, key = fit(shrinkage)
+        result, key = fit(whitener(train, shrinkage, axes))
         result.selected = f"whitening={whitening_name(shrinkage)},{result.selected}"
         fits.append((key, order, result))
     return min(fits, key=lambda item: item[:2])[2]
