@@ -548,10 +548,11 @@ def whitener(
     Rows are centred on the train mean and rotated onto the train covariance's eigenvectors (all
     ``D``, or for ``N < D`` train rows the ``N`` of a thin SVD, so the output is ``[M, min(N,
     D)]``); the coordinate along an eigenvector of variance ``v`` is divided by
-    ``sqrt(v + shrinkage * mean(v))``, the mean over all ``D`` directions (0 where that is 0). Shrinkage 0 whitens fully (every direction of the train rows
-    gets unit variance, noise included); a large shrinkage only rotates and rescales. In
-    between, strong directions are evened out and weak ones keep their relative size, so a
-    gradient-trained probe reaches what they hold without drowning in noise.
+    ``sqrt(v + shrinkage * mean(v))``, the mean over all ``D`` directions (0 where that is 0).
+    Shrinkage 0 whitens fully (every direction of the train rows gets unit variance, noise
+    included); a large shrinkage only rotates and rescales. In between, strong directions are
+    evened out and weak ones keep their relative size, so a gradient-trained probe reaches what
+    they hold without drowning in noise.
 
     Args:
         train: The rows that fit it, ``[N, D]``.
