@@ -211,13 +211,12 @@ def _whitening(text: str) -> float | None:
     """``none`` or a shrinkage >= 0, for ``--whitening``."""
     if text.lower() == "none":
         return None
+    from geojepa.probes import check_whitening
+
     try:
-        value = float(text)
+        return check_whitening([float(text)])[0]
     except ValueError:
-        value = -1.0
-    if not (value >= 0.0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected none or a shrinkage >= 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected none or a shrinkage >= 0, got {text!r}") from None
 
 
 def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
