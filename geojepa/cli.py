@@ -279,6 +279,10 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    help="also report, for every checkpoint NAME with several replicates and for "
                    "its random initialisations, the replicate that probes best on the validation "
                    "rows, per task, probe and fold")
+    p.add_argument("--one-replicate", action="store_true",
+                   help="also report, for the same names, the one replicate kept for every task "
+                   "and input variant (lowest mean validation score relative to the other "
+                   "replicates), per probe and fold: one checkpoint, as a user deploys one")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -298,7 +302,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                         folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,
                         seed=args.seed, layers=args.layers, pool=args.pool,
-                        best_replicate=args.best_replicate, whitening=tuple(args.whitening))
+                        best_replicate=args.best_replicate,
+                        one_replicate=args.one_replicate, whitening=tuple(args.whitening))
     select = dict(args.select)
     if len(select) < len(args.select):
         raise GeoJepaError("two selections have the same NAME")

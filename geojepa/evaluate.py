@@ -116,6 +116,9 @@ class EvalConfig:
         best_replicate: Also report, for every method with several replicates (pretraining
             runs, and their random initialisations), the replicate chosen per task, probe and
             fold on the validation rows (see :func:`best_replicate`).
+        one_replicate: Also report, for the same methods, the one replicate kept for every task
+            and input variant, chosen per probe and fold on the validation rows (see
+            :func:`best_replicate` with ``across_tasks``), as a user keeps one checkpoint.
         whitening: Input whitenings the MLP and set probes choose from on validation (None:
             standardised only; a number: :func:`~geojepa.probes.whitener`'s shrinkage).
     """
@@ -136,6 +139,7 @@ class EvalConfig:
     layers: int = 1
     pool: TilePool = "tokens"
     best_replicate: bool = False
+    one_replicate: bool = False
     whitening: tuple[Whitening, ...] = DEFAULT_WHITENING
 
     def validate(self) -> None:
@@ -217,8 +221,10 @@ def evaluate(
     config.validate()
     select = {name: list(candidates) for name, candidates in (select or {}).items()}
     _check_selections(select, checkpoints)
-    if config.best_replicate and not any(len(_replicates(c)) > 1 for c in checkpoints.values()):
-        raise GeoJepaError("best replicate needs a checkpoint name given two or more replicates")
+    kept = [flag for flag, on in (("best replicate", config.best_replicate),
+                                  ("one replicate", config.one_replicate)) if on]
+    if kept and not any(len(_replicates(c)) > 1 for c in checkpoints.values()):
+        raise GeoJepaError(f"{kept[0]} needs a checkpoint name given two or more replicates")
     dataset, out = Path(dataset), Path(out)
     if out.exists() and not overwrite:
         raise GeoJepaError("output exists; pass --overwrite to replace it", out)
@@ -236,20 +242,29 @@ def evaluate(
     table = pd.DataFrame(runs)
     table = pd.concat([table, *(select_on_validation(table, name, candidates)
                                 for name, candidates in select.items())], ignore_index=True)
-    several = _replicated_methods(table) if config.best_replicate else []
-    table = pd.concat([table, *(best_replicate(table, method, f"{method}{BEST_SUFFIX}")
-                                for method in several)], ignore_index=True)
+    several = _replicated_methods(table) if kept else []
+    table = pd.concat([table, *(best_replicate(table, method, f"{method}{suffix}", across)
+                                for across, suffix, on in ((False, BEST_SUFFIX, config.best_replicate),
+                                                           (True, ONE_SUFFIX, config.one_replicate))
+                                if on for method in several)], ignore_index=True)
     notes = _notes(loaded, ds, labels, folds, protocol, config)
     notes += [f"{name}: per task, fold and replicate, whichever of {', '.join(candidates)} scored "
               "best on the fold's validation rows (never its test rows); `selected` in runs.csv "
               "names it." for name, candidates in select.items()]
-    if several:
+    if several and config.best_replicate:
         notes.append(f"`{BEST_SUFFIX.removeprefix(', ')}`: per task, probe and fold, the one "
                      "replicate (pretraining run, or the random initialisation of one) whose "
                      "probe scored best on the fold's validation rows (never its test rows): "
                      "one model kept out of several, as a user keeps the seed that validates "
                      "best; compare it with the random initialisations chosen the same way, "
                      "not with their mean. `selected` in runs.csv names the replicate.")
+    if several and config.one_replicate:
+        notes.append(f"`{ONE_SUFFIX.removeprefix(', ')}`: per probe and fold, the one replicate "
+                     "kept for every task and input variant: the lowest mean, over them, of its "
+                     "validation score divided by the mean validation score of all the method's "
+                     "replicates (never the test rows): one checkpoint kept out of several for "
+                     "all tasks, as a user deploys one. Compare it with the random "
+                     "initialisations kept the same way. `selected` in runs.csv names it.")
     settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
                 "select": select,
                 "checkpoints": {k: [c.path and str(c.path.resolve()) for c in cs]
@@ -263,14 +278,18 @@ def evaluate(
 
 SELECTION_KEYS = ["task", "variant", "probe", "fold", "replicate"]
 BEST_SUFFIX = ", best replicate"
-"""Appended to a method's name for its replicate chosen on validation."""
+"""Appended to a method's name for its replicate chosen on validation per task."""
+ONE_SUFFIX = ", one replicate"
+"""Appended to a method's name for its one replicate chosen on validation for all tasks."""
 
 
 def _lowest_validation(rows: pd.DataFrame, keys: list[str], choice: str,
-                       order: Sequence[object]) -> pd.DataFrame:
+                       order: Sequence[object], scores: pd.Series | None = None) -> pd.DataFrame:
     """The rows of whichever value of column ``choice`` has the lowest mean validation score
-    (over MLP seeds) per ``keys``; ties go to the value earlier in ``order``."""
-    val = rows.groupby([*keys, choice], as_index=False)["val_metric"].mean()
+    (over MLP seeds, or over whatever else ``keys`` leaves out) per ``keys``; ties go to the
+    value earlier in ``order``. ``scores`` replaces the rows' ``val_metric`` in the choice."""
+    val = rows.assign(val_metric=rows["val_metric"] if scores is None else scores)
+    val = val.groupby([*keys, choice], as_index=False)["val_metric"].mean()
     val["order"] = val[choice].map(list(order).index)
     best = (val.sort_values([*keys, "val_metric", "order"])
             .drop_duplicates(keys)[[*keys, choice]])
@@ -300,19 +319,23 @@ def select_on_validation(runs: pd.DataFrame, name: str, candidates: Sequence[str
     return chosen[list(runs.columns)]
 
 
-def best_replicate(runs: pd.DataFrame, method: str, name: str) -> pd.DataFrame:
+def best_replicate(runs: pd.DataFrame, method: str, name: str, across_tasks: bool = False) -> pd.DataFrame:
     """The runs of one replicate of a method, chosen per task, variant, probe and fold on the
-    validation rows.
+    validation rows, or per probe and fold for every task and variant alike.
 
     A replicate is one pretraining run (or the random initialisation of one); keeping the run
     whose probe validates best is what a user with several seeds does. The replicate with the
     lowest validation score (mean over the MLP seeds; ties go to the lower replicate) gives its
-    runs, test scores included; the test rows choose nothing.
+    runs, test scores included; the test rows choose nothing. Across tasks, each task's (and
+    variant's) validation scores are first divided by their mean over the method's replicates,
+    so that tasks in different units weigh alike, and the lowest mean ratio wins: the one
+    checkpoint a user would keep for all tasks.
 
     Args:
         runs: Probe runs (the rows of ``runs.csv``) that include the method's replicates.
         method: Method whose replicates to choose from; the chosen runs keep its role.
         name: Method name of the chosen replicate.
+        across_tasks: Keep one replicate per probe and fold for every task and variant.
 
     Returns:
         The chosen runs, renamed ``name``, as replicate 0; ``selected`` starts with
@@ -320,7 +343,13 @@ def best_replicate(runs: pd.DataFrame, method: str, name: str) -> pd.DataFrame:
     """
     rows = runs[runs["method"] == method]
     keys = [key for key in SELECTION_KEYS if key != "replicate"]
-    chosen = _lowest_validation(rows, keys, "replicate", sorted(set(rows["replicate"])))
+    order = sorted(set(rows["replicate"]))
+    if across_tasks:
+        typical = rows.groupby(keys)["val_metric"].transform("mean")
+        ratios = (rows["val_metric"] / typical.where(typical > 0)).fillna(1.0)  # all perfect: a tie
+        chosen = _lowest_validation(rows, ["probe", "fold"], "replicate", order, ratios)
+    else:
+        chosen = _lowest_validation(rows, keys, "replicate", order)
     chosen = chosen.assign(
         selected="replicate " + chosen["replicate"].astype(str) + "; "
         + chosen["selected"].astype(str), method=name, replicate=0)

@@ -370,12 +370,40 @@ def test_best_replicate_is_chosen_on_validation_per_fold_and_keeps_the_role() ->
     assert picked == ["replicate 0; epochs=3", "replicate 2; epochs=3", "replicate 0; epochs=3"]
 
 
+def test_one_replicate_is_kept_for_every_task_by_its_validation_relative_to_the_others() -> None:
+    # Two tasks in different units: on "km" replicate 1 validates 10% worse than replicate 0, on
+    # "count" 50% better. The raw mean would keep replicate 0 (the km scores are 100x larger);
+    # relative to each task's typical score replicate 1 wins. A third task on which every
+    # replicate validates perfectly (0) is a tie and must not break the choice.
+    rows = []
+    for task, vals in (("km", (100.0, 110.0)), ("count", (2.0, 1.0)), ("flag", (0.0, 0.0))):
+        for replicate, val in enumerate(vals):
+            for fold in range(2):
+                for seed in range(2):
+                    rows.append({"task": task, "variant": "masked", "probe": "mlp", "fold": fold,
+                                 "replicate": replicate, "seed": seed, "method": "m",
+                                 "role": "model", "val_metric": val,
+                                 "metric": 10.0 * replicate + fold, "selected": "epochs=3"})
+    runs = pd.DataFrame(rows)
+    per_task = best_replicate(runs, "m", "m, best")
+    assert per_task.groupby("task")["selected"].first().str[:11].to_dict() == {
+        "km": "replicate 0", "count": "replicate 1", "flag": "replicate 0"}
+    one = best_replicate(runs, "m", "m, one", across_tasks=True)
+    assert list(one.columns) == list(runs.columns) and len(one) == 12
+    assert set(one["selected"]) == {"replicate 1; epochs=3"} and set(one["replicate"]) == {0}
+    assert one.groupby("fold")["metric"].unique().map(list).tolist() == [[10.0], [11.0]]
+    # The test rows choose nothing: making replicate 1's test scores terrible keeps it.
+    worse = runs.assign(metric=runs["metric"] + 1000.0 * runs["replicate"])
+    assert set(best_replicate(worse, "m", "m, one", across_tasks=True)["selected"]) == {
+        "replicate 1; epochs=3"}
+
+
 def test_cli_best_replicate_adds_a_chosen_model_and_a_chosen_initialisation(
     helsinki: Path, seeded: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "--folds", "3",
-            "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy", "random",
-            "--variants", "masked", "--best-replicate"]
+    base = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "traffic_signals",
+            "--folds", "3", "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy",
+            "random", "--variants", "masked", "--best-replicate", "--one-replicate"]
     assert main([*base, "-o", str(tmp_path / "r"), "--checkpoint", f"T={seeded[0]}",
                  "--checkpoint", f"T={seeded[1]}"]) == 0
     runs = _runs(tmp_path / "r")
@@ -383,15 +411,26 @@ def test_cli_best_replicate_adds_a_chosen_model_and_a_chosen_initialisation(
     assert roles["T, best replicate"] == "model"
     assert roles["T random init, best replicate"] == "baseline"
     assert "Dummy, best replicate" not in roles
+    assert roles["T, one replicate"] == "model"
+    assert roles["T random init, one replicate"] == "baseline"
     for method in ("T", "T random init"):
-        mine = runs[runs["method"] == method].set_index(["fold", "replicate"])
-        best = runs[runs["method"] == f"{method}, best replicate"].set_index("fold")
+        mine = runs[runs["method"] == method].set_index(["task", "fold", "replicate"]).sort_index()
+        best = runs[runs["method"] == f"{method}, best replicate"].set_index(["task", "fold"])
+        one = runs[runs["method"] == f"{method}, one replicate"].set_index(["task", "fold"])
         for fold in range(3):
-            pair = mine.loc[fold]
-            expect = pair.sort_values("val_metric", kind="stable").iloc[0]
-            assert best.loc[fold, "metric"] == expect["metric"]
-            assert best.loc[fold, "selected"].startswith(f"replicate {expect.name}; ")
-    assert "| T, best replicate (linear) |" in (tmp_path / "r" / "results.md").read_text()
+            for task in ("building_count", "traffic_signals"):
+                pair = mine.loc[(task, fold)]
+                expect = pair.sort_values("val_metric", kind="stable").iloc[0]
+                assert best.loc[(task, fold), "metric"] == expect["metric"]
+                assert best.loc[(task, fold), "selected"].startswith(f"replicate {expect.name}; ")
+            kept = {one.loc[(task, fold), "selected"][:11] for task in ("building_count", "traffic_signals")}
+            assert len(kept) == 1  # one checkpoint for both tasks
+            replicate = int(kept.pop().split()[1])
+            for task in ("building_count", "traffic_signals"):
+                assert one.loc[(task, fold), "metric"] == mine.loc[(task, fold, replicate), "metric"]
+    text = (tmp_path / "r" / "results.md").read_text()
+    assert "| T, best replicate (linear) |" in text and "| T, one replicate (linear) |" in text
+    assert "`one replicate`: per probe and fold, the one replicate kept for every task" in text
     capsys.readouterr()
     assert main([*base, "-o", str(tmp_path / "s"), "--checkpoint", f"T={seeded[0]}"]) == 2
     assert "best replicate needs a checkpoint name given two or more" in capsys.readouterr().err
