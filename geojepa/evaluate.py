@@ -259,12 +259,7 @@ def evaluate(
                      "best; compare it with the random initialisations chosen the same way, "
                      "not with their mean. `selected` in runs.csv names the replicate.")
     if several and config.one_replicate:
-        notes.append(f"`{ONE_SUFFIX.removeprefix(', ')}`: per probe and fold, the one replicate "
-                     "kept for every task and input variant: the lowest mean, over them, of its "
-                     "validation score divided by the mean validation score of all the method's "
-                     "replicates (never the test rows): one checkpoint kept out of several for "
-                     "all tasks, as a user deploys one. Compare it with the random "
-                     "initialisations kept the same way. `selected` in runs.csv names it.")
+        notes.append(ONE_REPLICATE_NOTE)
     settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
                 "select": select,
                 "checkpoints": {k: [c.path and str(c.path.resolve()) for c in cs]
@@ -281,6 +276,13 @@ BEST_SUFFIX = ", best replicate"
 """Appended to a method's name for its replicate chosen on validation per task."""
 ONE_SUFFIX = ", one replicate"
 """Appended to a method's name for its one replicate chosen on validation for all tasks."""
+ONE_REPLICATE_NOTE = (
+    f"`{ONE_SUFFIX.removeprefix(', ')}`: per probe and fold, the one replicate kept for every "
+    "task and input variant: the lowest mean, over them, of its validation score divided by the "
+    "mean validation score of all the method's replicates (never the test rows): one checkpoint "
+    "kept out of several for all tasks, as a user deploys one. Compare it with the random "
+    "initialisations kept the same way. `selected` in runs.csv names it.")
+"""The report's note on :data:`ONE_SUFFIX` methods."""
 
 
 def _lowest_validation(rows: pd.DataFrame, keys: list[str], choice: str,

@@ -1,0 +1,98 @@
+"""Merge `geojepa evaluate` reports that probed different tasks with the same settings, and keep one seed for all of them.
+
+A long evaluation is often run one task at a time (or two runs share the cores), so one set of
+checkpoints ends up in several report folders that differ only in ``tasks``. Same settings mean
+the same folds, probe seeds and replicates (`geojepa evaluate` is deterministic), so their runs
+can be read as one report. This writes that report and adds, for every method with several
+replicates, the one replicate kept per probe and fold for every task
+(:func:`geojepa.evaluate.best_replicate` with ``across_tasks``, as ``geojepa evaluate
+--one-replicate`` does): the checkpoint a user would deploy, chosen on validation rows only.
+
+Run by hand from the repository root (venv active):
+
+    python benchmarks/merge_reports.py REPORT_A REPORT_B --out MERGED
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from geojepa.atomic import atomic_folder
+from geojepa.evaluate import ONE_REPLICATE_NOTE, ONE_SUFFIX, best_replicate
+from geojepa.report import write_report
+
+
+def read_report(folder: Path) -> tuple[pd.DataFrame, dict, list[str], pd.DataFrame | None]:
+    """Runs, settings, notes (the bullet lines under the title) and health of one report.
+
+    Raises:
+        SystemExit: If a report file is missing.
+    """
+    paths = {name: folder / name for name in ("runs.csv", "settings.json", "results.md")}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise SystemExit(f"{missing[0]}: no such file (expected a `geojepa evaluate` report)")
+    lines = paths["results.md"].read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("- "))
+    notes = []
+    for line in lines[start:]:
+        if not line.startswith("- "):
+            break
+        notes.append(line.removeprefix("- "))
+    health = folder / "health.csv"
+    return (pd.read_csv(paths["runs.csv"]), json.loads(paths["settings.json"].read_text()), notes,
+            pd.read_csv(health) if health.is_file() else None)
+
+
+def merge(folders: list[Path]) -> tuple[pd.DataFrame, dict, list[str], pd.DataFrame | None]:
+    """The runs of several reports as one, with the one-replicate methods added.
+
+    Raises:
+        SystemExit: If the reports differ in a setting other than ``tasks`` or share a task.
+    """
+    reports = [read_report(folder) for folder in folders]
+    first = reports[0][1]
+    for folder, (_, settings, _, _) in zip(folders[1:], reports[1:], strict=True):
+        differ = sorted(k for k in first.keys() | settings.keys()
+                        if k != "tasks" and first.get(k) != settings.get(k))
+        if differ:
+            raise SystemExit(f"{folder}: settings differ from {folders[0]} in {', '.join(differ)}")
+    tasks = [task for _, settings, _, _ in reports for task in settings["tasks"]]
+    if len(set(tasks)) < len(tasks):
+        raise SystemExit(f"the reports share a task: {', '.join(tasks)}")
+    runs = pd.concat([r for r, _, _, _ in reports], ignore_index=True)
+    several = [method for method, n in runs.groupby("method", sort=False)["replicate"].nunique().items()
+               if n > 1]
+    runs = pd.concat([runs, *(best_replicate(runs, method, f"{method}{ONE_SUFFIX}", across_tasks=True)
+                              for method in several)], ignore_index=True)
+    notes = [*reports[0][2], ONE_REPLICATE_NOTE,
+             f"Merged from {len(folders)} reports with the same settings: "
+             + "; ".join(f"`{folder.name}` ({', '.join(s['tasks'])})"
+                         for folder, (_, s, _, _) in zip(folders, reports, strict=True))]
+    healths = [h for _, _, _, h in reports if h is not None]
+    health = pd.concat(healths).drop_duplicates(["method", "input"]) if healths else None
+    return runs, {**first, "tasks": tasks, "merged_from": [str(f) for f in folders]}, notes, health
+
+
+def main() -> None:
+    """Write the merged report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", type=Path, nargs="+", help="`geojepa evaluate` report folders")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    if args.out.exists() and not args.overwrite:
+        raise SystemExit(f"{args.out}: output exists; pass --overwrite to replace it")
+    runs, settings, notes, health = merge(args.reports)
+    dataset = Path(settings["dataset"]).name
+    title = f"GeoJEPA downstream evaluation: {dataset}, merged reports"
+    with atomic_folder(args.out, args.overwrite) as tmp:
+        write_report(runs, tmp, title, notes, settings, health)
+
+
+if __name__ == "__main__":
+    main()
