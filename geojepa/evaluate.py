@@ -221,10 +221,11 @@ def evaluate(
     config.validate()
     select = {name: list(candidates) for name, candidates in (select or {}).items()}
     _check_selections(select, checkpoints)
-    kept = [flag for flag, on in (("best replicate", config.best_replicate),
-                                  ("one replicate", config.one_replicate)) if on]
+    kept = [choice for choice, on in zip(REPLICATE_CHOICES, (config.best_replicate, config.one_replicate),
+                                         strict=True) if on]
     if kept and not any(len(_replicates(c)) > 1 for c in checkpoints.values()):
-        raise GeoJepaError(f"{kept[0]} needs a checkpoint name given two or more replicates")
+        raise GeoJepaError(f"{kept[0][1].removeprefix(', ')} needs a checkpoint name given two or "
+                           "more replicates")
     dataset, out = Path(dataset), Path(out)
     if out.exists() and not overwrite:
         raise GeoJepaError("output exists; pass --overwrite to replace it", out)
@@ -244,22 +245,12 @@ def evaluate(
                                 for name, candidates in select.items())], ignore_index=True)
     several = _replicated_methods(table) if kept else []
     table = pd.concat([table, *(best_replicate(table, method, f"{method}{suffix}", across)
-                                for across, suffix, on in ((False, BEST_SUFFIX, config.best_replicate),
-                                                           (True, ONE_SUFFIX, config.one_replicate))
-                                if on for method in several)], ignore_index=True)
+                                for across, suffix, _ in kept for method in several)], ignore_index=True)
     notes = _notes(loaded, ds, labels, folds, protocol, config)
     notes += [f"{name}: per task, fold and replicate, whichever of {', '.join(candidates)} scored "
               "best on the fold's validation rows (never its test rows); `selected` in runs.csv "
               "names it." for name, candidates in select.items()]
-    if several and config.best_replicate:
-        notes.append(f"`{BEST_SUFFIX.removeprefix(', ')}`: per task, probe and fold, the one "
-                     "replicate (pretraining run, or the random initialisation of one) whose "
-                     "probe scored best on the fold's validation rows (never its test rows): "
-                     "one model kept out of several, as a user keeps the seed that validates "
-                     "best; compare it with the random initialisations chosen the same way, "
-                     "not with their mean. `selected` in runs.csv names the replicate.")
-    if several and config.one_replicate:
-        notes.append(ONE_REPLICATE_NOTE)
+    notes += [note for _, _, note in kept] if several else []
     settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
                 "select": select,
                 "checkpoints": {k: [c.path and str(c.path.resolve()) for c in cs]
@@ -274,6 +265,13 @@ def evaluate(
 SELECTION_KEYS = ["task", "variant", "probe", "fold", "replicate"]
 BEST_SUFFIX = ", best replicate"
 """Appended to a method's name for its replicate chosen on validation per task."""
+BEST_REPLICATE_NOTE = (
+    f"`{BEST_SUFFIX.removeprefix(', ')}`: per task, probe and fold, the one replicate (pretraining "
+    "run, or the random initialisation of one) whose probe scored best on the fold's validation "
+    "rows (never its test rows): one model kept out of several, as a user keeps the seed that "
+    "validates best; compare it with the random initialisations chosen the same way, not with "
+    "their mean. `selected` in runs.csv names the replicate.")
+"""The report's note on :data:`BEST_SUFFIX` methods."""
 ONE_SUFFIX = ", one replicate"
 """Appended to a method's name for its one replicate chosen on validation for all tasks."""
 ONE_REPLICATE_NOTE = (
@@ -283,6 +281,8 @@ ONE_REPLICATE_NOTE = (
     "kept out of several for all tasks, as a user deploys one. Compare it with the random "
     "initialisations kept the same way. `selected` in runs.csv names it.")
 """The report's note on :data:`ONE_SUFFIX` methods."""
+REPLICATE_CHOICES = ((False, BEST_SUFFIX, BEST_REPLICATE_NOTE), (True, ONE_SUFFIX, ONE_REPLICATE_NOTE))
+"""``(across_tasks, suffix, note)`` of ``--best-replicate`` and ``--one-replicate``."""
 
 
 def _lowest_validation(rows: pd.DataFrame, keys: list[str], choice: str,
