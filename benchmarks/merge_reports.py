@@ -70,7 +70,8 @@ def merge(folders: list[Path]) -> tuple[pd.DataFrame, dict, list[str], pd.DataFr
     runs = pd.concat([runs, *(best_replicate(runs, method, f"{method}{ONE_SUFFIX}", across_tasks=True)
                               for method in several)], ignore_index=True)
     notes = [*reports[0][2], ONE_REPLICATE_NOTE,
-             f"Merged from {len(folders)} reports with the same settings: "
+             f"Runs of {len(folders)} report(s) with the same settings, merged by "
+             "`benchmarks/merge_reports.py`, which added the one-replicate rows: "
              + "; ".join(f"`{folder.name}` ({', '.join(s['tasks'])})"
                          for folder, (_, s, _, _) in zip(folders, reports, strict=True))]
     healths = [h for _, _, _, h in reports if h is not None]
@@ -88,8 +89,7 @@ def main() -> None:
     if args.out.exists() and not args.overwrite:
         raise SystemExit(f"{args.out}: output exists; pass --overwrite to replace it")
     runs, settings, notes, health = merge(args.reports)
-    dataset = Path(settings["dataset"]).name
-    title = f"GeoJEPA downstream evaluation: {dataset}, merged reports"
+    title = (args.reports[0] / "results.md").read_text().splitlines()[0].removeprefix("# ")
     with atomic_folder(args.out, args.overwrite) as tmp:
         write_report(runs, tmp, title, notes, settings, health)
 
