@@ -656,6 +656,8 @@ def _whitening_note(whitening: Sequence[Whitening]) -> str:
     names = " or ".join("standardised only" if w is None else f"PCA-whitened with shrinkage {w:g}"
                         for w in whitening)
     chosen = ", chosen per fit on the validation rows" if len(whitening) > 1 else ""
+    if len(whitening) > 1 and None in whitening:
+        chosen += " (standardised only where a fold has no more train rows than feature columns)"
     return (f"MLP and set probes: inputs {names}{chosen} (`selected` in runs.csv names it; "
             "whitening lets a gradient-trained probe read directions of low variance that "
             "ridge regression reads in closed form).")

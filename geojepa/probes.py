@@ -41,7 +41,8 @@ Whitening = float | None
 
 DEFAULT_WHITENING: tuple[Whitening, ...] = (None, 1.0, 10.0)
 """Input whitenings tried by :func:`fit_mlp` and :func:`fit_set`, chosen on validation: none,
-and :func:`whitener` with shrinkage 1 and 10."""
+and :func:`whitener` with shrinkage 1 and 10 (none only when a fold has no more train rows than
+feature columns)."""
 
 STD_FLOOR = 1e-6
 """Feature columns whose train standard deviation is at most this carry no information and are
@@ -234,7 +235,8 @@ def fit_mlp(
     every epoch the validation metric is measured (ties for binary broken by validation BCE); the
     best epoch's weights are kept and training stops after ``patience`` epochs without
     improvement. Of the whitenings, the one whose best epoch scores best on validation wins (ties:
-    the earlier). Weights are initialised from ``seed`` inside
+    the earlier); when ``whitening`` offers None and the fold has no more train rows than
+    feature columns, None alone is fitted (the covariance could not be estimated). Weights are initialised from ``seed`` inside
     :func:`torch.random.fork_rng` and batches are shuffled by a generator seeded with ``seed``,
     so the global RNG is untouched and equal inputs give bitwise-equal results.
 
@@ -504,7 +506,12 @@ def _best_whitening(
 ) -> ProbeResult:
     """Of ``fit`` given the :func:`whitener` of ``train`` for each entry of ``grid`` (one
     decomposition serves them all), the result with the lowest validation key (ties: the
-    earlier), its ``selected`` prefixed with the whitening."""
+    earlier), its ``selected`` prefixed with the whitening.
+
+    With no more train rows than columns the covariance is singular and its principal axes are
+    estimated from too few rows to be trusted, so a grid that offers None is cut to None."""
+    if None in grid and len(train) <= train.shape[1]:
+        grid = [None]
     axes = _principal_axes(train) if any(w is not None for w in grid) else None
     fits = []
     for order, shrinkage in enumerate(grid):

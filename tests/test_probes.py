@@ -291,6 +291,20 @@ def test_whitening_lets_the_mlp_read_weak_directions() -> None:
     assert chosen.metric < 0.85 * plain.metric
 
 
+def test_folds_with_no_more_train_rows_than_columns_are_not_whitened_by_default() -> None:
+    x, y = hidden_in_weak_directions()
+    fold = first_fold()
+    wide = np.hstack([x, np.random.default_rng(3).normal(size=(len(x), len(fold.train)))])
+    assert len(fold.train) <= wide.shape[1]
+    default = fit_mlp(wide, y, fold, "regression", **FAST_MLP)
+    plain = fit_mlp(wide, y, fold, "regression", whitening=[None], **FAST_MLP)
+    assert default.selected.startswith("whitening=none,")
+    assert default.metric == plain.metric and default.val_metric == plain.val_metric
+    # Asked for whitening alone, the user gets it (a thin SVD of the train rows).
+    assert fit_mlp(wide, y, fold, "regression", whitening=[10.0], **FAST_MLP).selected.startswith(
+        "whitening=10,")
+
+
 def test_whitening_choice_is_validated() -> None:
     x = embeddings()
     y = linear_labels(x)
