@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from geojepa.atomic import atomic_folder
-from geojepa.evaluate import ONE_REPLICATE_NOTE, ONE_SUFFIX, best_replicate
+from geojepa.evaluate import ONE_REPLICATE_NOTE, ONE_SUFFIX, best_replicate, deployed_notes
 from geojepa.report import write_report
 
 
@@ -65,11 +65,14 @@ def merge(folders: list[Path]) -> tuple[pd.DataFrame, dict, list[str], pd.DataFr
     if len(set(tasks)) < len(tasks):
         raise SystemExit(f"the reports share a task: {', '.join(tasks)}")
     runs = pd.concat([r for r, _, _, _ in reports], ignore_index=True)
+    runs = runs[~runs["method"].str.endswith(ONE_SUFFIX)]  # a report's own, kept for its tasks only
     several = [method for method, n in runs.groupby("method", sort=False)["replicate"].nunique().items()
                if n > 1]
     runs = pd.concat([runs, *(best_replicate(runs, method, f"{method}{ONE_SUFFIX}", across_tasks=True)
                               for method in several)], ignore_index=True)
-    notes = [*reports[0][2], ONE_REPLICATE_NOTE,
+    notes = [*(note for note in reports[0][2]
+               if note != ONE_REPLICATE_NOTE and f"{ONE_SUFFIX} (" not in note),
+             ONE_REPLICATE_NOTE, *deployed_notes(runs, first["checkpoints"]),
              f"Runs of {len(folders)} report(s) with the same settings, merged by "
              "`benchmarks/merge_reports.py`, which added the one-replicate rows: "
              + "; ".join(f"`{folder.name}` ({', '.join(s['tasks'])})"

@@ -251,6 +251,8 @@ def evaluate(
               "best on the fold's validation rows (never its test rows); `selected` in runs.csv "
               "names it." for name, candidates in select.items()]
     notes += [note for _, _, note in kept] if several else []
+    notes += (deployed_notes(table, {k: [c.path for c in cs] for k, cs in loaded.items()})
+              if several and config.one_replicate else [])
     settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
                 "select": select,
                 "checkpoints": {k: [c.path and str(c.path.resolve()) for c in cs]
@@ -356,6 +358,29 @@ def best_replicate(runs: pd.DataFrame, method: str, name: str, across_tasks: boo
         selected="replicate " + chosen["replicate"].astype(str) + "; "
         + chosen["selected"].astype(str), method=name, replicate=0)
     return chosen[list(runs.columns)]
+
+
+def deployed_notes(runs: pd.DataFrame, paths: dict[str, Sequence[object]]) -> list[str]:
+    """Report lines on the checkpoint to deploy: per one-replicate model and probe, the replicate
+    kept on most folds (ties: the lower), its file, and the replicate kept on each fold.
+
+    Args:
+        runs: Probe runs that include the ``ONE_SUFFIX`` methods.
+        paths: Per checkpoint name, its replicates' files (None for one built in memory).
+    """
+    notes = []
+    rows = runs[runs["method"].str.endswith(ONE_SUFFIX) & (runs["role"] == "model")]
+    for (method, probe), group in rows.groupby(["method", "probe"], sort=False):
+        kept = (group.groupby("fold")["selected"].first()
+                .str.extract(r"^replicate (\d+);", expand=False).astype(int))
+        counts = kept.value_counts()
+        top = int(min(counts.index[counts == counts.max()]))
+        files = paths.get(method.removesuffix(ONE_SUFFIX))
+        path = files[top] if files else None
+        notes.append(f"{method} ({probe}): replicate {top} kept on {counts[top]}/{len(kept)} folds"
+                     + (f", `{path}`" if path else "")
+                     + f" (per fold: {', '.join(str(r) for r in kept)}).")
+    return notes
 
 
 def _replicated_methods(runs: pd.DataFrame) -> list[str]:

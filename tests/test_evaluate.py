@@ -431,6 +431,12 @@ def test_cli_best_replicate_adds_a_chosen_model_and_a_chosen_initialisation(
     text = (tmp_path / "r" / "results.md").read_text()
     assert "| T, best replicate (linear) |" in text and "| T, one replicate (linear) |" in text
     assert "`one replicate`: per probe and fold, the one replicate kept for every task" in text
+    one = runs[runs["method"] == "T, one replicate"].groupby("fold")["selected"].first()
+    kept = one.str.split().str[1].str.rstrip(";").astype(int).tolist()
+    top = max((0, 1), key=lambda r: (kept.count(r), -r))  # most folds, ties to the lower
+    assert (f"- T, one replicate (linear): replicate {top} kept on {kept.count(top)}/3 folds, "
+            f"`{seeded[top]}` (per fold: {', '.join(map(str, kept))}).") in text
+    assert "T random init, one replicate (linear): replicate" not in text  # only models
     capsys.readouterr()
     assert main([*base, "-o", str(tmp_path / "s"), "--checkpoint", f"T={seeded[0]}"]) == 2
     assert "best replicate needs a checkpoint name given two or more" in capsys.readouterr().err
