@@ -236,9 +236,10 @@ def fit_mlp(
     best epoch's weights are kept and training stops after ``patience`` epochs without
     improvement. Of the whitenings, the one whose best epoch scores best on validation wins (ties:
     the earlier); when ``whitening`` offers None and the fold has no more train rows than
-    feature columns, None alone is fitted (the covariance could not be estimated). Weights are initialised from ``seed`` inside
-    :func:`torch.random.fork_rng` and batches are shuffled by a generator seeded with ``seed``,
-    so the global RNG is untouched and equal inputs give bitwise-equal results.
+    feature columns, None alone is fitted (the covariance could not be estimated). Weights are
+    initialised from ``seed`` inside :func:`torch.random.fork_rng` and batches are shuffled by a
+    generator seeded with ``seed``, so the global RNG is untouched and equal inputs give
+    bitwise-equal results.
 
     Whitening matters because Adam steps along the feature axes: an embedding that holds a label
     in directions of low variance is read by ridge regression (closed form) but barely reached by
