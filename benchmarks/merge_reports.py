@@ -22,7 +22,13 @@ from pathlib import Path
 import pandas as pd
 
 from geojepa.atomic import atomic_folder
-from geojepa.evaluate import ONE_REPLICATE_NOTE, ONE_SUFFIX, best_replicate, deployed_notes
+from geojepa.evaluate import (
+    ONE_REPLICATE_NOTE,
+    ONE_SUFFIX,
+    best_replicate,
+    deployed_notes,
+    replicated_methods,
+)
 from geojepa.report import write_report
 
 
@@ -66,10 +72,8 @@ def merge(folders: list[Path]) -> tuple[pd.DataFrame, dict, list[str], pd.DataFr
         raise SystemExit(f"the reports share a task: {', '.join(tasks)}")
     runs = pd.concat([r for r, _, _, _ in reports], ignore_index=True)
     runs = runs[~runs["method"].str.endswith(ONE_SUFFIX)]  # a report's own, kept for its tasks only
-    several = [method for method, n in runs.groupby("method", sort=False)["replicate"].nunique().items()
-               if n > 1]
     runs = pd.concat([runs, *(best_replicate(runs, method, f"{method}{ONE_SUFFIX}", across_tasks=True)
-                              for method in several)], ignore_index=True)
+                              for method in replicated_methods(runs))], ignore_index=True)
     notes = [*(note for note in reports[0][2]
                if note != ONE_REPLICATE_NOTE and f"{ONE_SUFFIX} (" not in note),
              ONE_REPLICATE_NOTE, *deployed_notes(runs, first["checkpoints"]),

@@ -15,7 +15,7 @@ Run by hand from the repository root (venv active):
 
     python benchmarks/replicate_subsets.py REPORT --method GT --task max_speed --probe linear \\
         --against TagPool "GT random init"
-    python benchmarks/replicate_subsets.py REPORT --method GT --tasks building_count max_speed \
+    python benchmarks/replicate_subsets.py REPORT --method GT --tasks building_count max_speed \\
         traffic_signals --one-replicate --probe mlp --against TagPool "GT random init"
 """
 

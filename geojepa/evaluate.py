@@ -243,7 +243,7 @@ def evaluate(
     table = pd.DataFrame(runs)
     table = pd.concat([table, *(select_on_validation(table, name, candidates)
                                 for name, candidates in select.items())], ignore_index=True)
-    several = _replicated_methods(table) if kept else []
+    several = replicated_methods(table) if kept else []
     table = pd.concat([table, *(best_replicate(table, method, f"{method}{suffix}", across)
                                 for across, suffix, _ in kept for method in several)], ignore_index=True)
     notes = _notes(loaded, ds, labels, folds, protocol, config)
@@ -383,8 +383,9 @@ def deployed_notes(runs: pd.DataFrame, paths: dict[str, Sequence[object]]) -> li
     return notes
 
 
-def _replicated_methods(runs: pd.DataFrame) -> list[str]:
-    """Methods of ``runs`` with two or more replicates, in order of first appearance."""
+def replicated_methods(runs: pd.DataFrame) -> list[str]:
+    """Methods of ``runs`` with two or more replicates (pretraining runs), in order of first
+    appearance."""
     counts = runs.groupby("method", sort=False)["replicate"].nunique()
     return list(counts.index[counts > 1])
 
