@@ -273,7 +273,8 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--whitening", nargs="+", type=_whitening, default=list(d.whitening),
                    metavar="none|SHRINKAGE", help="inputs of the MLP and set probes: none "
                    "(standardised only) and/or PCA-whitened with this shrinkage (0: fully; "
-                   "larger: milder), chosen per fit on the validation rows (default "
+                   "larger: milder), chosen per fit on the validation rows; with `none` in the list, a fold "
+                   "with no more train rows than feature columns fits `none` alone (default "
                    f"{' '.join('none' if w is None else f'{w:g}' for w in d.whitening)})")
     p.add_argument("--best-replicate", action="store_true",
                    help="also report, for every checkpoint NAME with several replicates and for "
