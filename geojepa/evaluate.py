@@ -251,12 +251,10 @@ def evaluate(
               "best on the fold's validation rows (never its test rows); `selected` in runs.csv "
               "names it." for name, candidates in select.items()]
     notes += [note for _, _, note in kept] if several else []
-    notes += (deployed_notes(table, {k: [c.path for c in cs] for k, cs in loaded.items()})
-              if several and config.one_replicate else [])
+    files = {k: [c.path and str(c.path.resolve()) for c in cs] for k, cs in loaded.items()}
+    notes += deployed_notes(table, files) if several and config.one_replicate else []
     settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
-                "select": select,
-                "checkpoints": {k: [c.path and str(c.path.resolve()) for c in cs]
-                                for k, cs in loaded.items()}}
+                "select": select, "checkpoints": files}
     title = f"GeoJEPA downstream evaluation: {dataset.name} (zoom {ds.manifest.zoom}, {len(labels)} tiles)"
     with atomic_folder(out, overwrite) as tmp:
         write_report(table, tmp, title, notes, settings,

@@ -435,7 +435,7 @@ def test_cli_best_replicate_adds_a_chosen_model_and_a_chosen_initialisation(
     kept = one.str.split().str[1].str.rstrip(";").astype(int).tolist()
     top = max((0, 1), key=lambda r: (kept.count(r), -r))  # most folds, ties to the lower
     assert (f"- T, one replicate (linear): replicate {top} kept on {kept.count(top)}/3 folds, "
-            f"`{seeded[top]}` (per fold: {', '.join(map(str, kept))}).") in text
+            f"`{seeded[top].resolve()}` (per fold: {', '.join(map(str, kept))}).") in text
     assert "T random init, one replicate (linear): replicate" not in text  # only models
     capsys.readouterr()
     assert main([*base, "-o", str(tmp_path / "s"), "--checkpoint", f"T={seeded[0]}"]) == 2
