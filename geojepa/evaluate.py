@@ -204,7 +204,8 @@ def evaluate(
             of them: replicates of one setting (independent pretraining runs, e.g. other seeds;
             same model settings), whose fold scores are averaged. May be empty: baselines only.
         dataset: The dataset; its tasks are built first when ``geojepa tasks`` was not run.
-        out: Report folder (``runs.csv``, ``results.md``, ``settings.json``, plots).
+        out: Report folder (``runs.csv``, ``results.md``, ``settings.json``,
+            ``predictions.parquet``, plots).
         config: Settings.
         overwrite: Replace an existing report folder.
         progress: Show progress.
@@ -246,6 +247,9 @@ def evaluate(
     several = replicated_methods(table) if kept else []
     table = pd.concat([table, *(best_replicate(table, method, f"{method}{suffix}", across)
                                 for across, suffix, _ in kept for method in several)], ignore_index=True)
+    gz, parents = _parent_tiles(ds, labels, config.group_zoom)
+    predictions = prediction_table(table, labels, folds, [f"{gz}/{x}/{y}" for x, y in parents])
+    table = table.drop(columns="predictions")
     notes = _notes(loaded, ds, labels, folds, protocol, config)
     notes += [f"{name}: per task, fold and replicate, whichever of {', '.join(candidates)} scored "
               "best on the fold's validation rows (never its test rows); `selected` in runs.csv "
@@ -258,7 +262,7 @@ def evaluate(
     title = f"GeoJEPA downstream evaluation: {dataset.name} (zoom {ds.manifest.zoom}, {len(labels)} tiles)"
     with atomic_folder(out, overwrite) as tmp:
         write_report(table, tmp, title, notes, settings,
-                     pd.DataFrame(health) if health else None)
+                     pd.DataFrame(health) if health else None, predictions)
     return {p.stem: out / p.name for p in out.iterdir()}
 
 
@@ -433,15 +437,53 @@ def spatial_folds(ds: TileDataset, labels: pd.DataFrame, group_zoom: int | None,
     Raises:
         GeoJepaError: If ``group_zoom`` is outside ``0..zoom`` or there are too few groups.
     """
-    gz = ds.manifest.group_zoom if group_zoom is None else group_zoom
-    if not 0 <= gz <= ds.manifest.zoom:
-        raise GeoJepaError(f"group zoom must be in 0..{ds.manifest.zoom}, got {gz}")
-    shift = ds.manifest.zoom - gz
-    groups = np.stack([labels["x"].to_numpy() >> shift, labels["y"].to_numpy() >> shift], axis=1)
+    gz, groups = _parent_tiles(ds, labels, group_zoom)
     try:
         return grouped_folds(groups, folds, seed)
     except ValueError as err:
         raise GeoJepaError(f"{err} (zoom-{gz} groups)", ds.folder) from err
+
+
+def _parent_tiles(ds: TileDataset, labels: pd.DataFrame, group_zoom: int | None,
+                  ) -> tuple[int, NDArray[np.int64]]:
+    """The group zoom (None: the dataset's) and every tile's ``[N, 2]`` parent ``(x, y)`` there."""
+    gz = ds.manifest.group_zoom if group_zoom is None else group_zoom
+    if not 0 <= gz <= ds.manifest.zoom:
+        raise GeoJepaError(f"group zoom must be in 0..{ds.manifest.zoom}, got {gz}")
+    shift = ds.manifest.zoom - gz
+    return gz, np.stack([labels["x"].to_numpy() >> shift, labels["y"].to_numpy() >> shift], axis=1)
+
+
+PREDICTION_KEYS = ["task", "variant", "method", "role", "replicate", "probe", "fold", "seed"]
+"""Columns of ``predictions.parquet`` copied from the probe run a prediction belongs to."""
+
+
+def prediction_table(runs: pd.DataFrame, labels: pd.DataFrame, folds: Sequence[Fold],
+                     groups: Sequence[str]) -> pd.DataFrame:
+    """One row per test tile of every probe run: what the probe predicted and the true label.
+
+    Args:
+        runs: Probe runs with a ``predictions`` column: each run's predictions on its fold's
+            test rows, in the fold's order.
+        labels: One row per tile (columns ``x``, ``y`` and one per task), in the folds' order.
+        folds: The folds the runs name by ``fold``.
+        groups: Every tile's spatial group, as ``"z/x/y"`` of its parent tile.
+
+    Returns:
+        Columns :data:`PREDICTION_KEYS`, ``x``, ``y`` (the tile), ``group``, ``label`` and
+        ``prediction`` (original label space; binary tasks 0/1). The mean absolute difference of
+        ``label`` and ``prediction`` over one run's rows is its ``metric``.
+    """
+    tests = {fold.index: fold.test for fold in folds}
+    rows = [tests[fold] for fold in runs["fold"]]
+    table = runs[PREDICTION_KEYS].loc[runs.index.repeat([len(r) for r in rows])].reset_index(drop=True)
+    index = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    names = np.asarray(groups, dtype=object)
+    return table.assign(
+        x=labels["x"].to_numpy()[index], y=labels["y"].to_numpy()[index], group=names[index],
+        label=np.concatenate([labels[task].to_numpy(np.float64)[r]
+                              for task, r in zip(runs["task"], rows, strict=True)] or [[]]),
+        prediction=np.concatenate([np.asarray(p, np.float64) for p in runs["predictions"]] or [[]]))
 
 
 def _replicates(given: CheckpointLike | Sequence[CheckpointLike]) -> list[CheckpointLike]:
@@ -614,7 +656,7 @@ def _fit_method(
             rows.append({"probe": probe, "fold": fold.index, "seed": seed, "metric": r.metric,
                          "val_metric": r.val_metric, "constant": r.constant,
                          "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-                         "selected": r.selected})
+                         "selected": r.selected, "predictions": r.predictions})
     return rows
 
 

@@ -6,24 +6,29 @@ metric, ...). This module reduces the runs in two steps:
 * :func:`fold_scores`: one score per fold, the mean over probe seeds and pretraining replicates.
 * :func:`summarise`: mean and standard deviation of the fold scores over folds.
 
-:func:`paired_wins` counts the folds on which a model beats a baseline, :func:`markdown_report`
+:func:`paired_wins` counts the folds on which a model beats a baseline; :func:`paired_test`
+weighs the same difference tile by tile, with a sign-flip test over spatial groups of the test
+tiles (from the runs' test predictions). :func:`markdown_report`
 renders the SPEC results table (rows = models and baselines, columns = tasks, lower is better),
 masked variant first, :func:`health_table` adds the collapse indicators of every method's
-features, and :func:`write_report` writes the runs, the report, the settings, the health table
-and one plot per task (:func:`plot_task`) into a folder, each file atomically.
+features, and :func:`write_report` writes the runs, the report, the settings, the health table,
+the test predictions and one plot per task (:func:`plot_task`) into a folder, each file
+atomically.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from numpy.typing import NDArray
 
 from geojepa.atomic import atomic_file
 
@@ -115,17 +120,21 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return summary[[*keys, "mean", "std", "folds", "seeds", "constant_folds"]]
 
 
+def _of_probe(frame: pd.DataFrame, task: str, variant: str, method: str, probe: str) -> pd.DataFrame:
+    """The rows of ``frame`` (fold scores, tile errors) of one probe of one method."""
+    return frame[
+        (frame["task"] == task)
+        & (frame["variant"] == variant)
+        & (frame["method"] == method)
+        & (frame["probe"] == probe)
+    ]
+
+
 def _fold_series(
     scores: pd.DataFrame, task: str, variant: str, method: str, probe: str
 ) -> pd.Series:
     """Fold scores of one probe, indexed by fold."""
-    chosen = scores[
-        (scores["task"] == task)
-        & (scores["variant"] == variant)
-        & (scores["method"] == method)
-        & (scores["probe"] == probe)
-    ]
-    return chosen.set_index("fold")["metric"]
+    return _of_probe(scores, task, variant, method, probe).set_index("fold")["metric"]
 
 
 def _wins(
@@ -164,6 +173,134 @@ def paired_wins(
         ValueError: If ``runs`` lacks a column or has an unknown variant or role.
     """
     return _wins(fold_scores(runs), method, baseline, task, variant, probe)
+
+
+TILE_KEYS: tuple[str, ...] = ("fold", "x", "y", "group")
+"""Columns of ``predictions.parquet`` naming one test tile (with its fold and spatial group)."""
+
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "task", "variant", "method", "probe", *TILE_KEYS, "label", "prediction",
+)
+"""Columns of the predictions table this module reads; other columns are carried along."""
+
+EXACT_GROUPS = 16
+"""Up to this many spatial groups the sign-flip test enumerates every sign pattern."""
+
+SIGN_FLIP_DRAWS = 10_000
+"""Random sign patterns of the sign-flip test above :data:`EXACT_GROUPS` groups (seed 0)."""
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired comparison of two probes on the same test tiles.
+
+    Attributes:
+        delta: Mean over folds of the method's fold score minus the other's (negative: the
+            method errs less): the difference of the two table means.
+        p_value: Two-sided p-value of the sign-flip test over spatial groups.
+        groups: Number of spatial groups of the shared test tiles.
+    """
+
+    delta: float
+    p_value: float
+    groups: int
+
+
+def tile_errors(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Every test tile's error per probe: the absolute error (binary: 0/1 error) averaged over
+    probe seeds and pretraining replicates.
+
+    Args:
+        predictions: One row per test tile of every probe run (see :data:`PREDICTION_COLUMNS`).
+
+    Returns:
+        One row per task, variant, method, probe and test tile (:data:`TILE_KEYS`), with
+        ``error``. The mean of ``error`` over a fold's tiles is the probe's fold score.
+
+    Raises:
+        ValueError: If ``predictions`` lacks a column.
+    """
+    missing = [column for column in PREDICTION_COLUMNS if column not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions lack the columns {', '.join(missing)}")
+    keys = ["task", "variant", "method", "probe", *TILE_KEYS]
+    error = (predictions["prediction"] - predictions["label"]).abs()
+    return predictions[keys].assign(error=error).groupby(keys, sort=False, as_index=False)["error"].mean()
+
+
+def sign_flip_p(totals: NDArray[np.float64], draws: int = SIGN_FLIP_DRAWS, seed: int = 0) -> float:
+    """Two-sided p-value that a sum of per-group contributions is centred on zero.
+
+    Under the null hypothesis each group's contribution is as likely to have either sign, so
+    every pattern of signs is as likely as the one observed: the p-value is the share of sign
+    patterns whose sum is at least as far from zero as the observed sum. All ``2**G`` patterns
+    up to :data:`EXACT_GROUPS` groups, else ``draws`` random ones (seeded; the observed pattern
+    counts once more, so p is never 0).
+
+    Args:
+        totals: Every group's contribution to the statistic (their sum is the statistic).
+        draws: Random sign patterns above :data:`EXACT_GROUPS` groups.
+        seed: Seed of the random sign patterns.
+
+    Returns:
+        The p-value, in ``(0, 1]``; 1 when every contribution is 0.
+    """
+    totals = np.asarray(totals, dtype=np.float64)
+    observed = abs(float(totals.sum()))
+    tolerance = 1e-9 * float(np.abs(totals).sum())
+    if len(totals) <= EXACT_GROUPS:
+        patterns = (np.arange(2 ** len(totals))[:, None] >> np.arange(len(totals))) & 1
+        sums = np.abs((1 - 2 * patterns) @ totals)
+        return float(np.mean(sums >= observed - tolerance))
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(draws, len(totals)))
+    extreme = int((np.abs(signs @ totals) >= observed - tolerance).sum())
+    return (1 + extreme) / (1 + draws)
+
+
+def _paired_test(
+    errors: pd.DataFrame, method: str, other: str, task: str, variant: str, probe: str
+) -> PairedTest | None:
+    """:func:`paired_test` on precomputed :func:`tile_errors`."""
+    mine = _of_probe(errors, task, variant, method, probe)
+    theirs = _of_probe(errors, task, variant, other, probe)
+    if theirs.empty:
+        theirs = _of_probe(errors, task, variant, other, DUMMY_PROBE)
+    both = mine.merge(theirs, on=list(TILE_KEYS), suffixes=("", "_other"))
+    if both.empty:
+        return None
+    per_fold = both.groupby("fold")["fold"].transform("size") * both["fold"].nunique()
+    totals = ((both["error"] - both["error_other"]) / per_fold).groupby(both["group"]).sum()
+    return PairedTest(float(totals.sum()), sign_flip_p(totals.to_numpy()), len(totals))
+
+
+def paired_test(
+    predictions: pd.DataFrame, method: str, other: str, task: str, variant: str, probe: str
+) -> PairedTest | None:
+    """How far and how surely a method's probe errs less than another's on the same test tiles.
+
+    The statistic is the mean over folds of the fold score difference (the difference of the
+    two table means), written as a sum over spatial groups of each group's tile-error
+    differences (weighted by one over its fold's tile count and the number of folds). The
+    sign-flip test (:func:`sign_flip_p`) keeps or flips each group's sum as one, so tiles near
+    each other are not counted as independent evidence. It measures how sure the difference is
+    given these test places and these fitted probes, not over pretraining or probe seeds. The
+    other method is taken with the same probe, or, if it has none, with the Dummy probe.
+
+    Args:
+        predictions: One row per test tile of every probe run (see :data:`PREDICTION_COLUMNS`).
+        method: The method to test.
+        other: The method to compare with.
+        task: Downstream task.
+        variant: ``"masked"`` or ``"unmasked"``.
+        probe: Probe of ``method`` (and of ``other`` unless it only has the Dummy probe).
+
+    Returns:
+        The test, or None when the two share no test tile.
+
+    Raises:
+        ValueError: If ``predictions`` lacks a column.
+    """
+    return _paired_test(tile_errors(predictions), method, other, task, variant, probe)
 
 
 def _ordered_rows(summary: pd.DataFrame) -> list[_Row]:
@@ -227,11 +364,12 @@ def _scores_table(summary: pd.DataFrame, tasks: Sequence[str]) -> list[str]:
     return [*lines, "", CONSTANT_FOOTNOTE] if marked else lines
 
 
-def _wins_table(
-    summary: pd.DataFrame, scores: pd.DataFrame, variant: str, tasks: Sequence[str]
+def _pairs_table(
+    summary: pd.DataFrame, tasks: Sequence[str], cell: Callable[[str, str, str, str], str]
 ) -> list[str]:
-    """Lines of the paired-wins table of one variant: every model row against the other models
-    with the same probe (for example images against no images), then against the baselines."""
+    """Lines of a table of one variant comparing every model row with the other models with
+    the same probe (for example images against no images), then with the baselines; ``cell(
+    method, other, task, probe)`` writes one comparison."""
     body: list[list[str]] = []
     for method, _, probe in _ordered_rows(summary[summary["role"] == "model"]):
         line = [_label(method, probe)]
@@ -248,13 +386,39 @@ def _wins_table(
             baselines = in_task[
                 (in_task["role"] == "baseline") & in_task["probe"].isin([probe, DUMMY_PROBE])
             ]
-            parts = []
-            for other in dict.fromkeys([*models["method"], *baselines["method"]]):
-                wins, folds = _wins(scores, method, other, task, variant, probe)
-                parts.append(f"vs {other} {wins}/{folds}")
+            parts = [
+                f"vs {other} {cell(method, other, task, probe)}"
+                for other in dict.fromkeys([*models["method"], *baselines["method"]])
+            ]
             line.append(" · ".join(parts) if parts else "—")
         body.append(line)
     return _table(["model", *tasks], body)
+
+
+def _wins_table(
+    summary: pd.DataFrame, scores: pd.DataFrame, variant: str, tasks: Sequence[str]
+) -> list[str]:
+    """Lines of the paired-wins table of one variant (:func:`_pairs_table`)."""
+
+    def cell(method: str, other: str, task: str, probe: str) -> str:
+        wins, folds = _wins(scores, method, other, task, variant, probe)
+        return f"{wins}/{folds}"
+
+    return _pairs_table(summary, tasks, cell)
+
+
+def _tests_table(
+    summary: pd.DataFrame, errors: pd.DataFrame, variant: str, tasks: Sequence[str]
+) -> list[str]:
+    """Lines of the paired-tests table of one variant (:func:`_pairs_table`)."""
+
+    def cell(method: str, other: str, task: str, probe: str) -> str:
+        test = _paired_test(errors, method, other, task, variant, probe)
+        if test is None:
+            return "—"
+        return f"{test.delta:+.{_decimals(test.delta)}f} (p {test.p_value:.2g})"
+
+    return _pairs_table(summary, tasks, cell)
 
 
 def _replicates_table(runs: pd.DataFrame, variant: str, tasks: Sequence[str]) -> list[str]:
@@ -285,7 +449,11 @@ def _replicates_table(runs: pd.DataFrame, variant: str, tasks: Sequence[str]) ->
 
 
 def markdown_report(
-    runs: pd.DataFrame, title: str, notes: Sequence[str], health: pd.DataFrame | None = None
+    runs: pd.DataFrame,
+    title: str,
+    notes: Sequence[str],
+    health: pd.DataFrame | None = None,
+    predictions: pd.DataFrame | None = None,
 ) -> str:
     """The results report: a table of mean ± std per variant (masked first) and paired wins.
 
@@ -300,17 +468,21 @@ def markdown_report(
         title: Report title.
         notes: Lines listed under the title (protocol, transductive pretraining, ...).
         health: Optional embedding health (:func:`health_table`), appended as a last section.
+        predictions: Optional test predictions of the runs (see :data:`PREDICTION_COLUMNS`):
+            adds a paired-tests table (:func:`paired_test`) after each paired-wins table.
 
     Returns:
         The report as Markdown text, ending with a newline.
 
     Raises:
-        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role.
+        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role, or
+            ``predictions`` lacks a column.
     """
     if runs.empty:
         raise ValueError("no runs to report")
     scores = fold_scores(runs)
     summary = summarise(runs)
+    errors = None if predictions is None else tile_errors(predictions)
     tasks = list(dict.fromkeys(runs["task"]))
     binary = [task for task in tasks if (runs.loc[runs["task"] == task, "kind"] == "binary").any()]
     named = f" ({', '.join(binary)})" if binary else ""
@@ -343,6 +515,10 @@ def markdown_report(
             "",
         ]
         lines += _wins_table(in_variant, scores, variant, tasks)
+        if errors is not None:
+            groups = errors.loc[errors["variant"] == variant, "group"].nunique()
+            lines += ["", "### Paired tests", "", _tests_text(groups), "",
+                      *_tests_table(in_variant, errors, variant, tasks)]
         replicates = _replicates_table(runs, variant, tasks)
         if replicates:
             lines += [
@@ -360,6 +536,23 @@ def markdown_report(
     if health is not None and not health.empty:
         lines += ["", *health_table(health)]
     return "\n".join(lines) + "\n"
+
+
+def _tests_text(groups: int) -> str:
+    """The explanation above a paired-tests table of a variant whose test tiles lie in
+    ``groups`` spatial groups."""
+    exact = groups <= EXACT_GROUPS
+    return (
+        "Δ: the model's mean minus the other's (negative: the model errs less), as in the table"
+        " above; p: two-sided sign-flip test over the"
+        f" {groups} spatial groups of the test tiles (`group` in `predictions.parquet`): each"
+        " group's tile-error differences (mean over probe seeds and replicates) keep or flip"
+        " their sign together, "
+        + (f"over all {2 ** groups:,} sign patterns (the smallest p possible is"
+           f" {2 / 2 ** groups:.2g})" if exact else f"{SIGN_FLIP_DRAWS:,} random sign patterns")
+        + ". It weighs how sure the difference is over these test places for these fitted probes,"
+        " not over pretraining or probe seeds."
+    )
 
 
 def health_table(health: pd.DataFrame) -> list[str]:
@@ -451,12 +644,14 @@ def write_report(
     notes: Sequence[str],
     settings: dict[str, Any],
     health: pd.DataFrame | None = None,
+    predictions: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write the runs, the Markdown report, the settings and one plot per task into a folder.
 
     Files: ``runs.csv``, ``results.md`` (:func:`markdown_report`), ``settings.json`` (sorted
     keys, indent 2; values JSON cannot hold, such as paths, as strings) and ``plot_<task>.png``
-    (:func:`plot_task`), and ``health.csv`` when ``health`` is given. Each is written under a
+    (:func:`plot_task`), ``health.csv`` when ``health`` is given and ``predictions.parquet``
+    when ``predictions`` is. Each is written under a
     temporary name in ``out_dir`` and renamed when complete, so a reader never sees a partial
     file.
 
@@ -467,15 +662,17 @@ def write_report(
         notes: Lines listed under the title.
         settings: Evaluation settings to record.
         health: Embedding health per method and input (:func:`health_table`).
+        predictions: Test predictions of the runs (:func:`markdown_report`).
 
     Returns:
-        The written paths by file stem: ``runs``, ``results``, ``settings``, ``plot_<task>``
-        and ``health``.
+        The written paths by file stem: ``runs``, ``results``, ``settings``, ``plot_<task>``,
+        ``health`` and ``predictions``.
 
     Raises:
-        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role.
+        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role, or
+            ``predictions`` lacks a column.
     """
-    markdown = markdown_report(runs, title, notes, health)
+    markdown = markdown_report(runs, title, notes, health, predictions)
     settings_text = json.dumps(settings, sort_keys=True, indent=2, default=str) + "\n"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -490,6 +687,9 @@ def write_report(
     if health is not None:
         paths["health"] = out_dir / "health.csv"
         atomic_file(paths["health"], lambda tmp: health.to_csv(tmp, index=False))
+    if predictions is not None:
+        paths["predictions"] = out_dir / "predictions.parquet"
+        atomic_file(paths["predictions"], lambda tmp: predictions.to_parquet(tmp, index=False))
     for task in dict.fromkeys(runs["task"]):
         path = paths[f"plot_{task}"] = out_dir / f"plot_{task}.png"
         atomic_file(path, lambda tmp, task=task: plot_task(runs, task, tmp))

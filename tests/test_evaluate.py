@@ -71,8 +71,35 @@ def test_every_method_probe_and_fold_is_reported(report: Path) -> None:
         assert n == 3 * (2 if probe == "mlp" else 1), (method, probe)
     assert set(runs["probe"]) == {"dummy", "linear", "mlp"}
     assert set(runs["variant"]) == {"masked", "unmasked"}
-    for name in ("runs.csv", "results.md", "settings.json", *(f"plot_{t}.png" for t in TASKS)):
+    for name in ("runs.csv", "results.md", "settings.json", "predictions.parquet",
+                 *(f"plot_{t}.png" for t in TASKS)):
         assert (report / name).is_file()
+
+
+def test_predictions_of_every_run_score_it_and_name_each_tile_and_group(
+    report: Path, helsinki: Path
+) -> None:
+    runs = _runs(report)
+    predictions = pd.read_parquet(report / "predictions.parquet")
+    keys = ["task", "variant", "method", "probe", "fold", "seed"]
+    error = (predictions["prediction"] - predictions["label"]).abs()
+    per_run = predictions.assign(error=error).groupby(keys)["error"].agg(["mean", "size"])
+    scored = runs.set_index(keys)[["metric", "n_test"]].join(per_run, how="inner")
+    assert len(scored) == len(runs) == len(per_run)
+    np.testing.assert_allclose(scored["mean"], scored["metric"], rtol=0, atol=1e-12)
+    assert (scored["size"] == scored["n_test"]).all()
+    labels = load_labels(helsinki).to_pandas()
+    folds = spatial_folds(TileDataset(helsinki), labels, 16, 3, 0)
+    truth = labels.set_index(["x", "y"])
+    for (task, fold), rows in predictions.groupby(["task", "fold"]):
+        tiles = set(zip(labels["x"].to_numpy()[folds[fold].test], labels["y"].to_numpy()[folds[fold].test]))
+        assert set(zip(rows["x"], rows["y"])) == tiles
+        np.testing.assert_array_equal(rows["label"], truth.loc[list(zip(rows["x"], rows["y"])), task])
+    assert (predictions["group"] == "16/" + (predictions["x"] // 2).astype(str) + "/"
+            + (predictions["y"] // 2).astype(str)).all()
+    groups = predictions["group"].nunique()
+    text = (report / "results.md").read_text()
+    assert "### Paired tests" in text and f"over the {groups} spatial groups of the test tiles" in text
 
 
 def test_embedding_health_of_every_method_and_input(report: Path) -> None:
@@ -428,6 +455,16 @@ def test_cli_best_replicate_adds_a_chosen_model_and_a_chosen_initialisation(
             replicate = int(kept.pop().split()[1])
             for task in ("building_count", "traffic_signals"):
                 assert one.loc[(task, fold), "metric"] == mine.loc[(task, fold, replicate), "metric"]
+    predictions = pd.read_parquet(tmp_path / "r" / "predictions.parquet")
+    tile = ["task", "fold", "x", "y"]
+    one = runs[runs["method"] == "T, one replicate"]
+    kept_replicates = one.set_index(["task", "fold"])["selected"].str.extract(r"^replicate (\d+);")[0]
+    for (task, fold), replicate in kept_replicates.astype(int).items():
+        kept, source = (predictions[(predictions["method"] == m) & (predictions["task"] == task)
+                                    & (predictions["fold"] == fold)] for m in ("T, one replicate", "T"))
+        source = source[source["replicate"] == replicate]
+        pd.testing.assert_series_equal(kept.set_index(tile)["prediction"].sort_index(),
+                                       source.set_index(tile)["prediction"].sort_index())
     text = (tmp_path / "r" / "results.md").read_text()
     assert "| T, best replicate (linear) |" in text and "| T, one replicate (linear) |" in text
     assert "`one replicate`: per probe and fold, the one replicate kept for every task" in text

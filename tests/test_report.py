@@ -6,14 +6,18 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from geojepa.report import (
+    SIGN_FLIP_DRAWS,
     fold_scores,
     markdown_report,
+    paired_test,
     paired_wins,
     plot_task,
+    sign_flip_p,
     summarise,
     write_report,
 )
@@ -299,3 +303,91 @@ def test_replicates_are_averaged_and_listed_one_row_each() -> None:
             "| GeoJEPA-T random init (linear) | 0 | 25.0 |") in section
     assert "Dummy" not in section
     assert "### Replicates" not in markdown_report(first, "t", NOTES)
+
+
+def test_sign_flip_p_counts_the_sign_patterns_at_least_as_extreme() -> None:
+    # +-1 +-2 +-3: |sums| 6, 4, 2, 0, 0, 2, 4, 6; two of eight reach 6, four reach 4.
+    assert sign_flip_p(np.array([1.0, 2.0, 3.0])) == 0.25
+    assert sign_flip_p(np.array([1.0, 2.0, -3.0])) == 1.0  # sum 0: every pattern is as far
+    assert sign_flip_p(np.array([3.0, -1.0, 2.0])) == 0.5
+    assert sign_flip_p(np.full(5, 0.5)) == 2 / 32  # all groups agree: the smallest p there is
+    assert sign_flip_p(np.zeros(4)) == 1.0
+    many = np.linspace(1.0, 2.0, 20)  # beyond exact enumeration: seeded random patterns
+    p = sign_flip_p(many)
+    assert p == sign_flip_p(-many) == 1 / (SIGN_FLIP_DRAWS + 1)  # no random pattern reaches it
+    noisy = np.random.default_rng(1).normal(size=20)
+    assert sign_flip_p(noisy) == sign_flip_p(noisy)
+    assert 0.05 < sign_flip_p(noisy) <= 1.0
+
+
+def make_predictions(shift: float, seed: int = 0) -> pd.DataFrame:
+    """Test predictions of model A (2 replicates x 2 seeds), model B and Dummy on 3 folds of
+    unequal size over 6 groups; A errs ``shift`` less than B on average, and 2 less than Dummy
+    on every tile."""
+    rng = np.random.default_rng(seed)
+    tiles = pd.DataFrame({"fold": [0] * 6 + [1] * 4 + [2] * 10, "x": range(20), "y": 0})
+    tiles["group"] = [f"14/{g}/0" for g in [0, 0, 0, 1, 1, 1, 2, 2, 3, 3] + [4] * 5 + [5] * 5]
+    tiles["label"] = rng.integers(0, 10, len(tiles)).astype(float)
+    # B errs 3 on average, more in some groups and less in others.
+    offsets = {"14/0/0": 1.0, "14/1/0": -1.0, "14/2/0": 0.5, "14/3/0": -0.5, "14/4/0": 1.2,
+               "14/5/0": -1.2}
+    base = tiles["label"] + 3.0 + tiles["group"].map(offsets)
+    frames = []
+    for method, probe, replicates, seeds, error in (
+        ("A", "linear", 2, 2, 3.0 - shift), ("B", "linear", 1, 1, 3.0), ("Dummy", "dummy", 1, 1, 5.0)
+    ):
+        for replicate in range(replicates):
+            for s in range(seeds):
+                wobble = rng.uniform(-0.5, 0.5, len(tiles))
+                frames.append(tiles.assign(
+                    task="t", kind="regression", variant="masked", method=method,
+                    role="model" if method == "A" else "baseline", replicate=replicate, probe=probe,
+                    seed=s, prediction=tiles["label"] + error + wobble if method != "B" else base))
+    return pd.concat(frames, ignore_index=True)
+
+
+def runs_of(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The runs table the predictions belong to: one metric per run, the tiles' mean error."""
+    keys = ["task", "kind", "variant", "method", "role", "replicate", "probe", "fold", "seed"]
+    error = (predictions["prediction"] - predictions["label"]).abs()
+    runs = predictions[keys].assign(metric=error).groupby(keys, as_index=False)["metric"].mean()
+    return runs.assign(constant=False)
+
+
+def test_paired_test_delta_is_the_difference_of_the_table_means() -> None:
+    predictions = make_predictions(shift=0.4)
+    means = summarise(runs_of(predictions)).set_index("method")["mean"]
+    for other in ("B", "Dummy"):  # Dummy: the Dummy probe stands in for the linear one
+        test = paired_test(predictions, "A", other, "t", "masked", "linear")
+        assert test is not None and test.groups == 6
+        assert test.delta == pytest.approx(means["A"] - means[other], abs=1e-12)
+    assert paired_test(predictions, "A", "C", "t", "masked", "linear") is None
+    assert paired_test(predictions, "A", "B", "t", "unmasked", "linear") is None
+
+
+def test_paired_test_is_sure_only_when_every_group_agrees() -> None:
+    always = paired_test(make_predictions(shift=0.4), "A", "Dummy", "t", "masked", "linear")
+    assert always is not None and always.delta < -1.5 and always.p_value == 2 / 2**6
+    # B's errors are noise around A's level: some groups favour one, some the other.
+    mixed = paired_test(make_predictions(shift=0.0), "A", "B", "t", "masked", "linear")
+    assert mixed is not None and mixed.p_value > 0.1
+    swapped = paired_test(make_predictions(shift=0.0), "B", "A", "t", "masked", "linear")
+    assert swapped is not None and swapped.delta == pytest.approx(-mixed.delta)
+    assert swapped.p_value == mixed.p_value
+
+
+def test_report_with_predictions_adds_paired_tests_and_writes_them(tmp_path: Path) -> None:
+    predictions = make_predictions(shift=0.4)
+    runs = runs_of(predictions)
+    text = markdown_report(runs, "t", NOTES, predictions=predictions)
+    assert "### Paired tests" in text and "over the 6 spatial groups" in text
+    assert "over all 64 sign patterns (the smallest p possible is 0.031)" in text
+    test = paired_test(predictions, "A", "Dummy", "t", "masked", "linear")
+    assert test is not None
+    assert f"vs Dummy {test.delta:+.2f} (p 0.031)" in text
+    assert "### Paired tests" not in markdown_report(runs, "t", NOTES)
+    paths = write_report(runs, tmp_path / "r", "t", NOTES, {}, predictions=predictions)
+    back = pd.read_parquet(paths["predictions"])
+    pd.testing.assert_frame_equal(back, predictions, check_dtype=False)
+    with pytest.raises(ValueError, match="group"):
+        markdown_report(runs, "t", NOTES, predictions=predictions.drop(columns="group"))
