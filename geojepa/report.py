@@ -549,7 +549,8 @@ def _tests_text(groups: int) -> str:
         " group's tile-error differences (mean over probe seeds and replicates) keep or flip"
         " their sign together, "
         + (f"over all {2 ** groups:,} sign patterns (the smallest p possible is"
-           f" {2 / 2 ** groups:.2g})" if exact else f"{SIGN_FLIP_DRAWS:,} random sign patterns")
+           f" {2 / 2 ** groups:.2g})" if exact else f"over {SIGN_FLIP_DRAWS:,} random sign"
+           f" patterns (the smallest p possible is {1 / (SIGN_FLIP_DRAWS + 1):.2g})")
         + ". It weighs how sure the difference is over these test places for these fitted probes,"
         " not over pretraining or probe seeds."
     )

@@ -386,6 +386,10 @@ def test_report_with_predictions_adds_paired_tests_and_writes_them(tmp_path: Pat
     assert test is not None
     assert f"vs Dummy {test.delta:+.2f} (p 0.031)" in text
     assert "### Paired tests" not in markdown_report(runs, "t", NOTES)
+    every_tile = predictions.assign(group="14/" + predictions["x"].astype(str) + "/0")
+    text = markdown_report(runs, "t", NOTES, predictions=every_tile)  # 20 groups: random patterns
+    assert "over 10,000 random sign patterns (the smallest p possible is 0.0001)" in text
+    assert f"vs Dummy {test.delta:+.2f} (p 0.0001)" in text
     paths = write_report(runs, tmp_path / "r", "t", NOTES, {}, predictions=predictions)
     back = pd.read_parquet(paths["predictions"])
     pd.testing.assert_frame_equal(back, predictions, check_dtype=False)
