@@ -252,6 +252,10 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    help=f"cv: spatial k-fold; split: the stored split; auto: split when its test "
                    f"part has >= {d.split_min_test} tiles (default {d.protocol})")
     p.add_argument("--folds", type=int, default=d.folds, help=f"k of the cross-validation (default {d.folds})")
+    p.add_argument("--repeats", type=int, default=d.repeats,
+                   help="repeat the cross-validation with other assignments of the groups to "
+                   "folds (seeds SEED..SEED+REPEATS-1): steadier on small regions; fold r*FOLDS+i "
+                   f"is fold i of repeat r (default {d.repeats})")
     p.add_argument("--group-zoom", type=int, default=None,
                    help="zoom of the spatial fold groups (default: the dataset's, 14)")
     p.add_argument("--probes", nargs="+", choices=PROBES, default=list(d.probes),
@@ -300,7 +304,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                                "NAME for replicates of one setting)", path)
         named.setdefault(name or default, []).append(checkpoint)
     config = EvalConfig(tasks=tuple(args.tasks), variants=tuple(args.variants), protocol=args.protocol,
-                        folds=args.folds, group_zoom=args.group_zoom, probes=tuple(args.probes),
+                        folds=args.folds, repeats=args.repeats, group_zoom=args.group_zoom,
+                        probes=tuple(args.probes),
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,
                         seed=args.seed, layers=args.layers, pool=args.pool,
                         best_replicate=args.best_replicate,

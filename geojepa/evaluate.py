@@ -10,6 +10,7 @@ method, probes are fitted on the same spatial folds:
   patches alone;
 * protocol ``cv``: k folds over spatial groups (zoom-14 tiles by default); fold ``i`` tests on
   group fold ``i``, selects hyper-parameters and stops early on fold ``i + 1``, trains on the rest;
+  optionally repeated with other assignments of the groups to folds;
   protocol ``split``: the dataset's stored train/val/test split, one fold (for large datasets);
 * probes: linear (ridge / logistic) and MLP (several seeds); count tasks are fitted in log space;
 * checkpoint selection (optional): a model that takes, per task, fold and replicate, whichever of
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,6 +93,10 @@ class EvalConfig:
         protocol: ``cv`` (spatial k-fold), ``split`` (the stored split) or ``auto`` (``split``
             when the stored test split has at least ``split_min_test`` tiles, else ``cv``).
         folds: k of the cross-validation.
+        repeats: Cross-validations with other assignments of the groups to folds (seeds
+            ``seed .. seed + repeats - 1``); fold ``i`` of repeat ``r`` is fold ``r * folds + i``
+            of the report. More repeats make a small region's result depend less on one
+            assignment; each tile is then tested once per repeat.
         group_zoom: Zoom of the spatial groups (default: the dataset's split-group zoom, 14).
         probes: Any of ``linear``, ``mlp`` (both on the tile features) and ``set`` (on the
             tiles' token embeddings, :func:`~geojepa.probes.fit_set`; every method with tokens:
@@ -127,6 +132,7 @@ class EvalConfig:
     variants: tuple[str, ...] = VARIANTS
     protocol: Protocol = "auto"
     folds: int = 5
+    repeats: int = 1
     group_zoom: int | None = None
     probes: tuple[str, ...] = ("linear", "mlp")
     seeds: int = 3
@@ -157,8 +163,8 @@ class EvalConfig:
                 raise GeoJepaError(f"unknown {name} {bad[0]!r}; choose from {', '.join(allowed)}")
         if self.protocol not in ("auto", "cv", "split"):
             raise GeoJepaError(f"protocol must be auto, cv or split, got {self.protocol!r}")
-        if self.folds < 3 or self.seeds < 1:
-            raise GeoJepaError("need at least 3 folds and 1 seed")
+        if self.folds < 3 or self.seeds < 1 or self.repeats < 1:
+            raise GeoJepaError("need at least 3 folds, 1 seed and 1 repeat")
         if self.layers < 1:
             raise GeoJepaError(f"layers must be at least 1, got {self.layers}")
         try:
@@ -414,12 +420,17 @@ def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[s
     if protocol == "auto":
         protocol = "split" if int((labels["split"] == "test").sum()) >= config.split_min_test else "cv"
     if protocol == "split":
+        if config.repeats > 1:
+            raise GeoJepaError("repeats need the cv protocol; the stored split is one fold", ds.folder)
         idx = {s: np.flatnonzero(labels["split"].to_numpy() == s) for s in ("train", "val", "test")}
         if any(len(v) == 0 for v in idx.values()):
             raise GeoJepaError("the stored split has an empty train, val or test part; use --protocol cv",
                                ds.folder)
         return protocol, [Fold(0, idx["train"], idx["val"], idx["test"])]
-    return protocol, spatial_folds(ds, labels, config.group_zoom, config.folds, config.seed)
+    return protocol, [replace(fold, index=repeat * config.folds + fold.index)
+                      for repeat in range(config.repeats)
+                      for fold in spatial_folds(ds, labels, config.group_zoom, config.folds,
+                                                config.seed + repeat)]
 
 
 def spatial_folds(ds: TileDataset, labels: pd.DataFrame, group_zoom: int | None, folds: int,
@@ -667,9 +678,14 @@ def _notes(
     if protocol == "cv":
         gz = ds.manifest.group_zoom if config.group_zoom is None else config.group_zoom
         sizes = ", ".join(str(len(f.test)) for f in folds)
-        notes = [(f"Protocol: {len(folds)}-fold cross-validation over zoom-{gz} spatial groups "
-                 f"(test tiles per fold: {sizes}); validation = the next fold; the test fold is "
-                 "never used for selection or early stopping.")]
+        repeated = "" if config.repeats == 1 else (
+            f", repeated {config.repeats} times with other assignments of the groups to folds "
+            f"(seeds {config.seed}-{config.seed + config.repeats - 1}; fold r*{config.folds}+i is "
+            f"fold i of repeat r; each tile is tested once per repeat, so the {len(folds)} folds "
+            "are not independent)")
+        notes = [(f"Protocol: {config.folds}-fold cross-validation over zoom-{gz} spatial groups"
+                  f"{repeated} (test tiles per fold: {sizes}); validation = the next fold of the "
+                  "same repeat; the test fold is never used for selection or early stopping.")]
     else:
         notes = [(f"Protocol: the dataset's stored split ({len(folds[0].train)} train, "
                  f"{len(folds[0].val)} val, {len(folds[0].test)} test tiles).")]

@@ -189,6 +189,40 @@ def test_cli_evaluate_baselines_only(helsinki: Path, tmp_path: Path, capsys: pyt
     assert "exists" in capsys.readouterr().err
 
 
+def test_cli_repeats_cross_validate_with_other_group_assignments(
+    helsinki: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "--folds", "3",
+            "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy", "tagcount",
+            "--variants", "masked"]
+    assert main([*args, "-o", str(tmp_path / "once")]) == 0
+    assert main([*args, "-o", str(tmp_path / "twice"), "--repeats", "2", "--seed", "4"]) == 0
+    labels = load_labels(helsinki).to_pandas()
+    predictions = pd.read_parquet(tmp_path / "twice" / "predictions.parquet")
+    tagcount = predictions[predictions["method"] == "TagCount"]
+    for repeat in range(2):
+        folds = spatial_folds(TileDataset(helsinki), labels, 16, 3, 4 + repeat)
+        for fold in folds:  # fold i of repeat r is fold r * 3 + i, on that repeat's own groups
+            rows = tagcount[tagcount["fold"] == repeat * 3 + fold.index]
+            assert sorted(zip(rows["x"], rows["y"])) == sorted(
+                zip(labels["x"].to_numpy()[fold.test], labels["y"].to_numpy()[fold.test]))
+    assert tagcount.groupby(["x", "y"]).size().eq(2).all()  # every tile tested once per repeat
+    first = pd.read_csv(tmp_path / "once" / "runs.csv")
+    twice = pd.read_csv(tmp_path / "twice" / "runs.csv")
+    assert sorted(set(twice["fold"])) == list(range(6))
+    assert set(first["fold"]) == {0, 1, 2}
+    text = (tmp_path / "twice" / "results.md").read_text()
+    assert "repeated 2 times with other assignments of the groups to folds (seeds 4-5" in text
+    sizes = text.split("test tiles per fold: ")[1].split(")")[0].split(", ")
+    assert len(sizes) == 6 and sum(map(int, sizes)) == 2 * len(labels)
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "bad"), "--repeats", "0"]) == 2
+    assert "1 repeat" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "split"), "--repeats", "2", "--protocol", "split"]) == 2
+    assert "repeats need the cv protocol" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "split").exists()
+
+
 def test_seen_by_reads_the_pretraining_record(helsinki: Path) -> None:
     m = TileDataset(helsinki).manifest
     splits = ["train", "val", "test"]
