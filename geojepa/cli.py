@@ -254,8 +254,9 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p.add_argument("--folds", type=int, default=d.folds, help=f"k of the cross-validation (default {d.folds})")
     p.add_argument("--repeats", type=int, default=d.repeats,
                    help="repeat the cross-validation with other assignments of the groups to "
-                   "folds (seeds SEED..SEED+REPEATS-1): steadier on small regions; fold r*FOLDS+i "
-                   f"is fold i of repeat r (default {d.repeats})")
+                   "folds (seeds SEED..SEED+REPEATS-1; repeat 0 is the default assignment, the "
+                   "others take the groups in random order): steadier on small regions; fold "
+                   f"r*FOLDS+i is fold i of repeat r (default {d.repeats})")
     p.add_argument("--group-zoom", type=int, default=None,
                    help="zoom of the spatial fold groups (default: the dataset's, 14)")
     p.add_argument("--probes", nargs="+", choices=PROBES, default=list(d.probes),

@@ -95,8 +95,11 @@ class EvalConfig:
         folds: k of the cross-validation.
         repeats: Cross-validations with other assignments of the groups to folds (seeds
             ``seed .. seed + repeats - 1``); fold ``i`` of repeat ``r`` is fold ``r * folds + i``
-            of the report. More repeats make a small region's result depend less on one
-            assignment; each tile is then tested once per repeat.
+            of the report. Repeat 0 is the default assignment (largest groups first); later
+            ones take the groups in their seed's random order, each to the fold with the fewest
+            rows so far (groups of distinct sizes would otherwise land alike every time). More
+            repeats make a small region's result depend less on one assignment; each tile is
+            then tested once per repeat.
         group_zoom: Zoom of the spatial groups (default: the dataset's split-group zoom, 14).
         probes: Any of ``linear``, ``mlp`` (both on the tile features) and ``set`` (on the
             tiles' token embeddings, :func:`~geojepa.probes.fit_set`; every method with tokens:
@@ -430,11 +433,11 @@ def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[s
     return protocol, [replace(fold, index=repeat * config.folds + fold.index)
                       for repeat in range(config.repeats)
                       for fold in spatial_folds(ds, labels, config.group_zoom, config.folds,
-                                                config.seed + repeat)]
+                                                config.seed + repeat, by_size=repeat == 0)]
 
 
 def spatial_folds(ds: TileDataset, labels: pd.DataFrame, group_zoom: int | None, folds: int,
-                  seed: int) -> list[Fold]:
+                  seed: int, by_size: bool = True) -> list[Fold]:
     """The cross-validation folds of :func:`evaluate`: tiles grouped by their zoom-``group_zoom``
     parent tile, whole groups per fold (:func:`geojepa.probes.grouped_folds`).
 
@@ -444,13 +447,14 @@ def spatial_folds(ds: TileDataset, labels: pd.DataFrame, group_zoom: int | None,
         group_zoom: Zoom of the groups; None = the dataset's.
         folds: Number of folds.
         seed: Seed of the assignment of groups to folds.
+        by_size: Place the largest groups first (see :func:`geojepa.probes.grouped_folds`).
 
     Raises:
         GeoJepaError: If ``group_zoom`` is outside ``0..zoom`` or there are too few groups.
     """
     gz, groups = _parent_tiles(ds, labels, group_zoom)
     try:
-        return grouped_folds(groups, folds, seed)
+        return grouped_folds(groups, folds, seed, by_size)
     except ValueError as err:
         raise GeoJepaError(f"{err} (zoom-{gz} groups)", ds.folder) from err
 
@@ -680,9 +684,10 @@ def _notes(
         sizes = ", ".join(str(len(f.test)) for f in folds)
         repeated = "" if config.repeats == 1 else (
             f", repeated {config.repeats} times with other assignments of the groups to folds "
-            f"(seeds {config.seed}-{config.seed + config.repeats - 1}; fold r*{config.folds}+i is "
-            f"fold i of repeat r; each tile is tested once per repeat, so the {len(folds)} folds "
-            "are not independent)")
+            f"(seeds {config.seed}-{config.seed + config.repeats - 1}; repeat 0 places the "
+            "largest groups first, the others take the groups in random order; fold "
+            f"r*{config.folds}+i is fold i of repeat r; each tile is tested once per repeat, so "
+            f"the {len(folds)} folds are not independent)")
         notes = [(f"Protocol: {config.folds}-fold cross-validation over zoom-{gz} spatial groups"
                   f"{repeated} (test tiles per fold: {sizes}); validation = the next fold of the "
                   "same repeat; the test fold is never used for selection or early stopping.")]

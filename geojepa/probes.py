@@ -87,19 +87,22 @@ class ProbeResult:
     selected: str
 
 
-def grouped_folds(groups: NDArray, k: int = 5, seed: int = 0) -> list[Fold]:
+def grouped_folds(groups: NDArray, k: int = 5, seed: int = 0, by_size: bool = True) -> list[Fold]:
     """Split rows into ``k`` spatially grouped folds, balanced by row count.
 
     Every group lands in exactly one fold. Groups are shuffled with ``seed``, sorted by size
-    (largest first, ties in shuffled order) and each is given to the fold with the fewest rows so
-    far (ties: the lowest fold index). Fold ``i`` tests on the rows of fold ``i``, validates on
-    those of fold ``(i + 1) % k`` and trains on the rest.
+    (largest first, ties in shuffled order; unless ``by_size`` is False) and each is given to the
+    fold with the fewest rows so far (ties: the lowest fold index). Fold ``i`` tests on the rows
+    of fold ``i``, validates on those of fold ``(i + 1) % k`` and trains on the rest.
 
     Args:
         groups: One group id per row: a 1-D array (e.g. an int64 id of the zoom-14 parent tile)
             or an ``[N, 2]`` array of ``(group_x, group_y)``.
         k: Number of folds, at least 3.
         seed: Seed of the group shuffle; the same seed gives the same folds.
+        by_size: Place the largest groups first: the best balance, but groups of distinct sizes
+            then land in the same folds whatever the seed. False keeps the shuffled order, so
+            every seed gives another assignment (repeated cross-validation), less balanced.
 
     Returns:
         The ``k`` folds; every row is a test row of exactly one of them.
@@ -123,7 +126,8 @@ def grouped_folds(groups: NDArray, k: int = 5, seed: int = 0) -> list[Fold]:
             f"(need at least {max(3, k)}); use a finer group zoom or a smaller k"
         )
     order = np.random.default_rng(seed).permutation(len(sizes))
-    order = order[np.argsort(-sizes[order], kind="stable")]
+    if by_size:
+        order = order[np.argsort(-sizes[order], kind="stable")]
     fold_of_group = np.empty(len(sizes), dtype=np.int64)
     fold_rows = np.zeros(k, dtype=np.int64)
     for group in order:

@@ -200,13 +200,16 @@ def test_cli_repeats_cross_validate_with_other_group_assignments(
     labels = load_labels(helsinki).to_pandas()
     predictions = pd.read_parquet(tmp_path / "twice" / "predictions.parquet")
     tagcount = predictions[predictions["method"] == "TagCount"]
-    for repeat in range(2):
-        folds = spatial_folds(TileDataset(helsinki), labels, 16, 3, 4 + repeat)
+    assignments = []
+    for repeat in range(2):  # repeat 0: the default folds; later ones: groups in random order
+        folds = spatial_folds(TileDataset(helsinki), labels, 16, 3, 4 + repeat, by_size=repeat == 0)
+        assignments.append([f.test.tolist() for f in folds])
         for fold in folds:  # fold i of repeat r is fold r * 3 + i, on that repeat's own groups
             rows = tagcount[tagcount["fold"] == repeat * 3 + fold.index]
             assert sorted(zip(rows["x"], rows["y"])) == sorted(
                 zip(labels["x"].to_numpy()[fold.test], labels["y"].to_numpy()[fold.test]))
     assert tagcount.groupby(["x", "y"]).size().eq(2).all()  # every tile tested once per repeat
+    assert assignments[0] != assignments[1]
     first = pd.read_csv(tmp_path / "once" / "runs.csv")
     twice = pd.read_csv(tmp_path / "twice" / "runs.csv")
     assert sorted(set(twice["fold"])) == list(range(6))

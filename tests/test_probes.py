@@ -132,6 +132,22 @@ def test_grouped_folds_are_deterministic_per_seed() -> None:
     assert any(not np.array_equal(a.test, b.test) for a, b in zip(first, other, strict=True))
 
 
+def test_grouped_folds_in_random_order_differ_where_sizes_fix_the_balanced_ones() -> None:
+    groups = np.repeat(np.arange(12), np.arange(12) + 5)  # 12 groups, every size distinct
+    balanced = [grouped_folds(groups, k=4, seed=seed) for seed in range(4)]
+    assert all(np.array_equal(a.test, b.test) for other in balanced[1:]
+               for a, b in zip(balanced[0], other, strict=True))  # the seed changes nothing
+    shuffled = [grouped_folds(groups, k=4, seed=seed, by_size=False) for seed in range(4)]
+    assignments = {tuple(tuple(f.test) for f in folds) for folds in shuffled}
+    assert len(assignments) == 4
+    for folds in shuffled:
+        tests = np.concatenate([fold.test for fold in folds])
+        assert np.array_equal(np.sort(tests), np.arange(len(groups)))
+        assert all(len(set(groups[f.test]) & set(groups[f.train])) == 0 for f in folds)
+        sizes = [len(f.test) for f in folds]
+        assert max(sizes) - min(sizes) <= np.bincount(groups).max()
+
+
 def test_grouped_folds_accept_tile_pairs() -> None:
     rng = np.random.default_rng(2)
     pairs = np.stack([rng.integers(0, 8, 400), rng.integers(0, 8, 400)], axis=1)
