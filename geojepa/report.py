@@ -130,6 +130,13 @@ def _of_probe(frame: pd.DataFrame, task: str, variant: str, method: str, probe: 
     ]
 
 
+def _of_other(frame: pd.DataFrame, task: str, variant: str, other: str, probe: str) -> pd.DataFrame:
+    """The rows of the method compared with: with the same probe or, if it has none, with the
+    Dummy probe (so the Dummy baseline is compared with every probe)."""
+    rows = _of_probe(frame, task, variant, other, probe)
+    return rows if not rows.empty else _of_probe(frame, task, variant, other, DUMMY_PROBE)
+
+
 def _fold_series(
     scores: pd.DataFrame, task: str, variant: str, method: str, probe: str
 ) -> pd.Series:
@@ -142,9 +149,7 @@ def _wins(
 ) -> tuple[int, int]:
     """:func:`paired_wins` on precomputed :func:`fold_scores`."""
     mine = _fold_series(scores, task, variant, method, probe)
-    theirs = _fold_series(scores, task, variant, baseline, probe)
-    if theirs.empty:
-        theirs = _fold_series(scores, task, variant, baseline, DUMMY_PROBE)
+    theirs = _of_other(scores, task, variant, baseline, probe).set_index("fold")["metric"]
     shared = mine.index.intersection(theirs.index)
     return int((mine[shared] < theirs[shared]).sum()), len(shared)
 
@@ -262,9 +267,7 @@ def _paired_test(
 ) -> PairedTest | None:
     """:func:`paired_test` on precomputed :func:`tile_errors`."""
     mine = _of_probe(errors, task, variant, method, probe)
-    theirs = _of_probe(errors, task, variant, other, probe)
-    if theirs.empty:
-        theirs = _of_probe(errors, task, variant, other, DUMMY_PROBE)
+    theirs = _of_other(errors, task, variant, other, probe)
     both = mine.merge(theirs, on=list(TILE_KEYS), suffixes=("", "_other"))
     if both.empty:
         return None
