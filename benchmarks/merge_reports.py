@@ -27,6 +27,7 @@ from geojepa.evaluate import (
     ONE_SUFFIX,
     best_replicate,
     deployed_notes,
+    kept_replicates,
     replicated_methods,
 )
 from geojepa.report import write_report
@@ -64,7 +65,7 @@ def kept_predictions(predictions: pd.DataFrame, kept: pd.DataFrame, method: str)
     replicate named in each run's ``selected``, under the kept runs' name, as replicate 0."""
     keys = ["task", "variant", "probe", "fold", "seed"]
     chosen = kept[keys].assign(
-        replicate=kept["selected"].str.extract(r"^replicate (\d+);", expand=False).astype(int),
+        replicate=kept_replicates(kept["selected"]),
         name=kept["method"])
     rows = predictions[predictions["method"] == method].merge(chosen, on=[*keys, "replicate"])
     return rows.assign(method=rows.pop("name"), replicate=0)[list(predictions.columns)]
@@ -106,7 +107,9 @@ def merge(folders: list[Path]) -> Report:
              + "; ".join(f"`{folder.name}` ({', '.join(s['tasks'])})"
                          for folder, (_, s, *_) in zip(folders, reports, strict=True))]
     healths = [r[3] for r in reports if r[3] is not None]
-    health = pd.concat(healths).drop_duplicates(["method", "input"]) if healths else None
+    health = (pd.concat(healths).drop_duplicates([c for c in ("method", "replicate", "input")
+                                                  if c in healths[0].columns])
+              if healths else None)  # an input two reports embedded (unmasked) counts once
     return (runs, {**first, "tasks": tasks, "merged_from": [str(f) for f in folders]}, notes, health,
             predictions)
 

@@ -382,8 +382,7 @@ def deployed_notes(runs: pd.DataFrame, paths: dict[str, Sequence[object]]) -> li
     notes = []
     rows = runs[runs["method"].str.endswith(ONE_SUFFIX) & (runs["role"] == "model")]
     for (method, probe), group in rows.groupby(["method", "probe"], sort=False):
-        kept = (group.groupby("fold")["selected"].first()
-                .str.extract(r"^replicate (\d+);", expand=False).astype(int))
+        kept = kept_replicates(group.groupby("fold")["selected"].first())
         counts = kept.value_counts()
         top = int(min(counts.index[counts == counts.max()]))
         files = paths.get(method.removesuffix(ONE_SUFFIX))
@@ -392,6 +391,12 @@ def deployed_notes(runs: pd.DataFrame, paths: dict[str, Sequence[object]]) -> li
                      + (f", `{path}`" if path else "")
                      + f" (per fold: {', '.join(str(r) for r in kept)}).")
     return notes
+
+
+def kept_replicates(selected: pd.Series) -> pd.Series:
+    """The replicate each kept run came from, read from the ``selected`` column that
+    :func:`best_replicate` writes (``replicate R; ...``)."""
+    return selected.str.extract(r"^replicate (\d+);", expand=False).astype(int)
 
 
 def replicated_methods(runs: pd.DataFrame) -> list[str]:
