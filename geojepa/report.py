@@ -8,7 +8,8 @@ metric, ...). This module reduces the runs in two steps:
 
 :func:`paired_wins` counts the folds on which a model beats a baseline; :func:`paired_test`
 weighs the same difference tile by tile, with a sign-flip test over spatial groups of the test
-tiles (from the runs' test predictions). :func:`markdown_report`
+tiles (from the runs' test predictions), and :func:`holm` adjusts a table's p-values for their
+number. :func:`markdown_report`
 renders the SPEC results table (rows = models and baselines, columns = tasks, lower is better),
 masked variant first, :func:`health_table` adds the collapse indicators of every method's
 features, and :func:`write_report` writes the runs, the report, the settings, the health table,
@@ -262,6 +263,28 @@ def sign_flip_p(totals: NDArray[np.float64], draws: int = SIGN_FLIP_DRAWS, seed:
     return (1 + extreme) / (1 + draws)
 
 
+def holm(p_values: Sequence[float]) -> NDArray[np.float64]:
+    """Holm-Bonferroni adjusted p-values of a family of tests.
+
+    The ``i``-th smallest of ``m`` p-values is multiplied by ``m - i + 1`` (``i`` from 1), capped at
+    1 and raised to the largest adjusted value before it, so the order is kept. Calling a
+    difference sure when its adjusted p is below ``alpha`` keeps the chance that *any* difference
+    of the family is wrongly called sure below ``alpha``, whatever the tests' dependence.
+
+    Args:
+        p_values: The family's p-values, in any order.
+
+    Returns:
+        The adjusted p-values, in the order given.
+    """
+    values = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    scaled = values[order] * np.arange(len(values), 0, -1)
+    adjusted = np.empty_like(values)
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted
+
+
 def _paired_test(
     errors: pd.DataFrame, method: str, other: str, task: str, variant: str, probe: str
 ) -> PairedTest | None:
@@ -367,19 +390,17 @@ def _scores_table(summary: pd.DataFrame, tasks: Sequence[str]) -> list[str]:
     return [*lines, "", CONSTANT_FOOTNOTE] if marked else lines
 
 
-def _pairs_table(
-    summary: pd.DataFrame, tasks: Sequence[str], cell: Callable[[str, str, str, str], str]
-) -> list[str]:
-    """Lines of a table of one variant comparing every model row with the other models with
-    the same probe (for example images against no images), then with the baselines; ``cell(
-    method, other, task, probe)`` writes one comparison."""
-    body: list[list[str]] = []
+def _pairs(summary: pd.DataFrame, tasks: Sequence[str]) -> list[tuple[str, str, list[list[str] | None]]]:
+    """Every comparison of a table of one variant: per model row ``(method, probe)``, per task
+    the other models with the same probe (for example images against no images), then the
+    baselines with that probe or Dummy; None where the row has no run of the task."""
+    rows: list[tuple[str, str, list[list[str] | None]]] = []
     for method, _, probe in _ordered_rows(summary[summary["role"] == "model"]):
-        line = [_label(method, probe)]
+        per_task: list[list[str] | None] = []
         for task in tasks:
             in_task = summary[summary["task"] == task]
             if not ((in_task["method"] == method) & (in_task["probe"] == probe)).any():
-                line.append("—")
+                per_task.append(None)
                 continue
             models = in_task[
                 (in_task["role"] == "model")
@@ -389,10 +410,24 @@ def _pairs_table(
             baselines = in_task[
                 (in_task["role"] == "baseline") & in_task["probe"].isin([probe, DUMMY_PROBE])
             ]
-            parts = [
-                f"vs {other} {cell(method, other, task, probe)}"
-                for other in dict.fromkeys([*models["method"], *baselines["method"]])
-            ]
+            per_task.append(list(dict.fromkeys([*models["method"], *baselines["method"]])))
+        rows.append((method, probe, per_task))
+    return rows
+
+
+def _pairs_table(
+    summary: pd.DataFrame, tasks: Sequence[str], cell: Callable[[str, str, str, str], str]
+) -> list[str]:
+    """Lines of a table of one variant with every comparison of :func:`_pairs`; ``cell(method,
+    other, task, probe)`` writes one."""
+    body: list[list[str]] = []
+    for method, probe, per_task in _pairs(summary, tasks):
+        line = [_label(method, probe)]
+        for task, others in zip(tasks, per_task, strict=True):
+            if others is None:
+                line.append("—")
+                continue
+            parts = [f"vs {other} {cell(method, other, task, probe)}" for other in others]
             line.append(" · ".join(parts) if parts else "—")
         body.append(line)
     return _table(["model", *tasks], body)
@@ -413,13 +448,30 @@ def _wins_table(
 def _tests_table(
     summary: pd.DataFrame, errors: pd.DataFrame, variant: str, tasks: Sequence[str]
 ) -> list[str]:
-    """Lines of the paired-tests table of one variant (:func:`_pairs_table`)."""
+    """Lines of the paired-tests table of one variant (:func:`_pairs_table`), each p with its
+    :func:`holm` adjustment over the distinct tests of the table (two models compared both ways
+    are one test)."""
+    tests = {
+        (method, other, task, probe): _paired_test(errors, method, other, task, variant, probe)
+        for method, probe, per_task in _pairs(summary, tasks)
+        for task, others in zip(tasks, per_task, strict=True)
+        for other in others or []
+    }
+
+    def pair(key: tuple[str, str, str, str]) -> tuple[frozenset[str], str, str]:
+        method, other, task, probe = key
+        return frozenset((method, other)), task, probe
+
+    family = {pair(key): test.p_value for key, test in tests.items() if test is not None}
+    adjusted = dict(zip(family, holm(list(family.values())), strict=True))
 
     def cell(method: str, other: str, task: str, probe: str) -> str:
-        test = _paired_test(errors, method, other, task, variant, probe)
+        key = (method, other, task, probe)
+        test = tests[key]
         if test is None:
             return "—"
-        return f"{test.delta:+.{_decimals(test.delta)}f} (p {test.p_value:.2g})"
+        return (f"{test.delta:+.{_decimals(test.delta)}f} (p {test.p_value:.2g},"
+                f" Holm {adjusted[pair(key)]:.2g})")
 
     return _pairs_table(summary, tasks, cell)
 
@@ -472,7 +524,8 @@ def markdown_report(
         notes: Lines listed under the title (protocol, transductive pretraining, ...).
         health: Optional embedding health (:func:`health_table`), appended as a last section.
         predictions: Optional test predictions of the runs (see :data:`PREDICTION_COLUMNS`):
-            adds a paired-tests table (:func:`paired_test`) after each paired-wins table.
+            adds a paired-tests table (:func:`paired_test`, each p also adjusted with
+            :func:`holm` over the table) after each paired-wins table.
 
     Returns:
         The report as Markdown text, ending with a newline.
@@ -555,7 +608,10 @@ def _tests_text(groups: int) -> str:
            f" {2 / 2 ** groups:.2g})" if exact else f"over {SIGN_FLIP_DRAWS:,} random sign"
            f" patterns (the smallest p possible is {1 / (SIGN_FLIP_DRAWS + 1):.2g})")
         + ". It weighs how sure the difference is over these test places for these fitted probes,"
-        " not over pretraining or probe seeds."
+        " not over pretraining or probe seeds. Holm: p adjusted (Holm-Bonferroni) for all the"
+        " comparisons of this table (two models compared both ways count once); differences"
+        " with Holm below 0.05 are sure at 5% together, where among many raw p-values some fall"
+        " below 0.05 by chance."
     )
 
 

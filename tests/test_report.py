@@ -13,6 +13,7 @@ import pytest
 from geojepa.report import (
     SIGN_FLIP_DRAWS,
     fold_scores,
+    holm,
     markdown_report,
     paired_test,
     paired_wins,
@@ -320,6 +321,21 @@ def test_sign_flip_p_counts_the_sign_patterns_at_least_as_extreme() -> None:
     assert 0.05 < sign_flip_p(noisy) <= 1.0
 
 
+def test_holm_scales_the_sorted_p_values_and_keeps_their_order() -> None:
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> 0.06 kept
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.2, 0.6, 0.9]), [0.6, 1.0, 1.0])  # capped at 1
+    assert holm([0.037]).tolist() == [0.037]  # one test: nothing to adjust for
+    assert holm([]).size == 0
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(size=30)
+    adjusted = holm(raw)
+    assert (adjusted >= raw).all() and (adjusted <= 1).all()
+    order = np.argsort(raw)
+    assert (np.diff(adjusted[order]) >= 0).all()  # a smaller p never gets a larger adjustment
+
+
 def make_predictions(shift: float, seed: int = 0) -> pd.DataFrame:
     """Test predictions of model A (2 replicates x 2 seeds), model B and Dummy on 3 folds of
     unequal size over 6 groups; A errs ``shift`` less than B on average, and 2 less than Dummy
@@ -383,13 +399,23 @@ def test_report_with_predictions_adds_paired_tests_and_writes_them(tmp_path: Pat
     assert "### Paired tests" in text and "over the 6 spatial groups" in text
     assert "over all 64 sign patterns (the smallest p possible is 0.031)" in text
     test = paired_test(predictions, "A", "Dummy", "t", "masked", "linear")
-    assert test is not None
-    assert f"vs Dummy {test.delta:+.2f} (p 0.031)" in text
+    against_b = paired_test(predictions, "A", "B", "t", "masked", "linear")
+    assert test is not None and against_b is not None
+    holm_b, holm_dummy = holm([against_b.p_value, test.p_value])  # the table's two tests
+    assert f"vs Dummy {test.delta:+.2f} (p 0.031, Holm {holm_dummy:.2g})" in text
+    assert f"(p {against_b.p_value:.2g}, Holm {holm_b:.2g}) · vs Dummy" in text
     assert "### Paired tests" not in markdown_report(runs, "t", NOTES)
+    two_models = predictions.assign(role=predictions["role"].mask(predictions["method"] == "B", "model"))
+    text = markdown_report(runs_of(two_models), "t", NOTES, predictions=two_models)
+    b_dummy = paired_test(two_models, "B", "Dummy", "t", "masked", "linear")
+    assert b_dummy is not None
+    # A vs B and B vs A are one test: the family is {A-B, A-Dummy, B-Dummy}
+    holm_ab = holm([against_b.p_value, test.p_value, b_dummy.p_value])[0]
+    assert text.count(f"(p {against_b.p_value:.2g}, Holm {holm_ab:.2g})") == 2
     every_tile = predictions.assign(group="14/" + predictions["x"].astype(str) + "/0")
     text = markdown_report(runs, "t", NOTES, predictions=every_tile)  # 20 groups: random patterns
     assert "over 10,000 random sign patterns (the smallest p possible is 0.0001)" in text
-    assert f"vs Dummy {test.delta:+.2f} (p 0.0001)" in text
+    assert f"vs Dummy {test.delta:+.2f} (p 0.0001, Holm 0.0002)" in text
     paths = write_report(runs, tmp_path / "r", "t", NOTES, {}, predictions=predictions)
     back = pd.read_parquet(paths["predictions"])
     pd.testing.assert_frame_equal(back, predictions, check_dtype=False)
