@@ -218,7 +218,8 @@ def iter_embeddings(
         layers: Pool the outputs of the encoder's last ``layers`` blocks into the tile
             embedding (``2 * layers * d`` numbers; see :meth:`GeoJEPA.embed`).
         pool: ``"tokens"`` pools all tokens together; ``"modality"`` pools a model's entities
-            and image patches apart (twice the numbers for a model with both).
+            and image patches apart (twice the numbers for a model with both); ``"predicted"``
+            adds the predictor's expectations on a grid over the tile (``2 * d`` more).
         layered_tokens: Entity and patch embeddings concatenate the last ``layers`` blocks'
             outputs too (``layers * d`` numbers) instead of the last block's alone.
 

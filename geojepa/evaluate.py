@@ -53,7 +53,7 @@ from geojepa.features import (
     tag_pool_inputs,
     training_seed,
 )
-from geojepa.model.jepa import TilePool
+from geojepa.model.jepa import PREDICTED_GRID, TilePool
 from geojepa.probes import (
     DEFAULT_WHITENING,
     Fold,
@@ -119,8 +119,10 @@ class EvalConfig:
             for every model and untrained twin alike.
         pool: ``"tokens"`` (SPEC section 5) pools all of a tile's tokens together;
             ``"modality"`` pools the entities and the image patches of models with both apart
-            and concatenates the two (see :meth:`~geojepa.model.jepa.GeoJEPA.embed`), for
-            every model, untrained twin and image-only baseline alike.
+            and concatenates the two (see :meth:`~geojepa.model.jepa.GeoJEPA.embed`);
+            ``"predicted"`` adds the predictor's expectations on a grid over the tile
+            (:meth:`~geojepa.model.jepa.GeoJEPA.predict_grid`); for every model, untrained twin
+            and image-only baseline alike.
         best_replicate: Also report, for every method with several replicates (pretraining
             runs, and their random initialisations), the replicate chosen per task, probe and
             fold on the validation rows (see :func:`best_replicate`).
@@ -714,7 +716,12 @@ def _notes(
         notes.append(f"Tile embeddings (of every model and random-init twin) pool the outputs of "
                      f"the encoder's last {config.layers} blocks, not only the last (SPEC: 1); "
                      "the set probe's tokens concatenate the same blocks' outputs.")
-    if config.pool == "modality" and any(cs[0].config.uses_images for cs in loaded.values()):
+    if config.pool == "predicted":
+        notes.append("Tile embeddings (of every model and random-init twin) add, to the pooled "
+                     "tokens, [max, mean] of what the JEPA predictor expects at each cell of a "
+                     f"{PREDICTED_GRID} x {PREDICTED_GRID} grid over the tile from all its tokens "
+                     "(not in the SPEC): what the inputs imply about entities they lack.")
+    if config.pool != "tokens" and any(cs[0].config.uses_images for cs in loaded.values()):
         notes.append("Tile embeddings of models with images pool their entity tokens and their "
                      "image patches apart ([max, mean] of each, concatenated), not all tokens "
                      "together (SPEC).")

@@ -271,7 +271,7 @@ def test_image_only_baseline_ignores_the_entities(tmp_path: Path) -> None:
     together = runs[runs["method"] == "TI"].set_index(["variant", "fold"])["metric"]
     assert (pooled[pooled["method"] == "TI"].set_index(["variant", "fold"])["metric"]
             != together).any()
-    with pytest.raises(GeoJepaError, match="pool must be one of tokens, modality, got 'patches'"):
+    with pytest.raises(GeoJepaError, match="pool must be one of tokens, modality, predicted, got"):
         evaluate({"TI": ckpt}, ds, tmp_path / "q", replace(config, pool="patches"), progress=False)
     # the set probe reads the token embeddings of every method that has some (not TagCount)
     sets = replace(config, probes=("linear", "set"), seeds=1, baselines=("image", "tagpool", "tagcount"))
@@ -556,6 +556,15 @@ def test_cli_multi_layer_probing_widens_every_model_feature(
     assert "apart" not in (tmp_path / "m" / "results.md").read_text()
     assert main([*base, "-o", str(tmp_path / "t")]) == 0
     assert pd.read_csv(tmp_path / "t" / "runs.csv")["metric"].equals(same["metric"])
+    # the predictor's answers on a grid: every model and untrained twin gets 2d more numbers
+    assert main([*base, "-o", str(tmp_path / "p"), "--pool", "predicted"]) == 0
+    dims = pd.read_csv(tmp_path / "p" / "health.csv").set_index("method")["dims"]
+    assert dims["m"] == dims["m random init"] == 2 * 2 * TINY["d"] and dims["TagPool"] == 2 * 384
+    assert "what the JEPA predictor expects" in (tmp_path / "p" / "results.md").read_text()
+    predicted = pd.read_csv(tmp_path / "p" / "runs.csv")
+    tagpool = predicted["method"] == "TagPool"
+    assert predicted.loc[tagpool, "metric"].equals(same.loc[same["method"] == "TagPool", "metric"])
+    assert not predicted.loc[~tagpool, "metric"].equals(same.loc[same["method"] != "TagPool", "metric"])
     capsys.readouterr()
     assert main([*base, "-o", str(tmp_path / "s"), "--layers", "3"]) == 2
     assert "layers must be between 1 and the model's depth 2, got 3" in capsys.readouterr().err

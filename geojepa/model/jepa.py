@@ -49,6 +49,7 @@ from geojepa.model.tokenizer import (
     check_image_stem,
     load_frozen_backbone,
     parse_modalities,
+    patch_boxes,
 )
 
 if TYPE_CHECKING:
@@ -280,9 +281,12 @@ def config_from_preset(name: str, **overrides: Any) -> GeoJEPAConfig:
     return replace(GeoJEPAConfig(), **{**PRESETS[name], **overrides})
 
 
-TilePool = Literal["tokens", "modality"]
+TilePool = Literal["tokens", "modality", "predicted"]
 """How :meth:`GeoJEPA.embed` pools tokens into a tile embedding."""
-TILE_POOLS: tuple[TilePool, ...] = ("tokens", "modality")
+TILE_POOLS: tuple[TilePool, ...] = ("tokens", "modality", "predicted")
+
+PREDICTED_GRID = 8
+"""Cells per side of the query raster of :meth:`GeoJEPA.predict_grid` (the ``"predicted"`` pool)."""
 
 
 def _max_mean(h: Tensor, keep: Tensor) -> Tensor:
@@ -542,7 +546,9 @@ class GeoJEPA(nn.Module):
                 ``"modality"``: [max, mean] over its entity tokens, then [max, mean] over its
                 image patches, concatenated, so the many patch tokens of a model with images
                 cannot drown its entities; the same as ``"tokens"`` for a model of one kind of
-                token.
+                token. ``"predicted"``: ``"modality"``, then [max, mean] of what the predictor
+                expects at every cell of a grid over the tile (:meth:`predict_grid`): what the
+                tile's tokens imply about entities they do not show.
             layered_tokens: Token embeddings concatenate the last ``layers`` blocks' outputs
                 too (``layers * d`` wide, the last block last), as the set probe reads them;
                 otherwise they are the last block's.
@@ -551,7 +557,8 @@ class GeoJEPA(nn.Module):
             ``tokens`` ``Float[B, L, d]`` (zeros at padding; ``layers * d`` wide with
             ``layered_tokens``), ``valid`` ``Bool[B, L]`` and
             ``tiles`` ``Float[B, 2 * k * layers * d]`` (``k`` = the kinds of token pooled
-            apart: 1, or 2 with ``"modality"`` for a model with entities and images): [max,
+            apart: 1, or 2 with ``"modality"`` for a model with entities and images; ``2 * d``
+            more with ``"predicted"``): [max,
             mean] over each tile's real tokens only (zeros where a tile has none), so a tile's
             embedding never depends on its batch-mates.
 
@@ -566,7 +573,51 @@ class GeoJEPA(nn.Module):
         h = self.target.encoder(tokens.x, tokens.valid, layers).float()
         valid = tokens.valid
         groups = [valid]
-        if pool == "modality" and self.config.uses_images and set(self.config.modalities) - {"I"}:
+        apart = pool != "tokens" and self.config.uses_images
+        if apart and set(self.config.modalities) - {"I"}:
             groups = [valid & (tokens.modality == kind) for kind in (ENTITY, IMAGE)]
+        pooled = [_max_mean(h, g) for g in groups]
+        if pool == "predicted":
+            predicted = self.predict_grid(batch)
+            pooled.append(_max_mean(predicted, torch.ones_like(predicted[..., 0], dtype=torch.bool)))
         tok = h if layered_tokens else h[..., -self.config.d:]
-        return tok, valid, torch.cat([_max_mean(h, g) for g in groups], dim=-1)
+        return tok, valid, torch.cat(pooled, dim=-1)
+
+    @torch.no_grad()
+    def predict_grid(self, batch: TileBatch, grid: int = PREDICTED_GRID) -> Tensor:
+        """What the predictor expects at every cell of a grid over each tile, from all its tokens.
+
+        The online side encodes every real token of a tile as the context, and the predictor
+        answers one query per cell of a ``grid x grid`` raster over the tile (the cell's box, as
+        an entity; as an image patch for an image-only model), as it answered for masked
+        entities in training. Where inputs were removed (the masked task variants), the answers
+        carry what the remaining tokens imply about the missing entities, which an encoder that
+        only sees present tokens cannot show. Runs in eval mode whatever the model's mode (no
+        training noise, no dropout).
+
+        Args:
+            batch: The tiles.
+            grid: Cells per side.
+
+        Returns:
+            ``Float[B, grid * grid, d]`` predictions, layer-normed without an affine as the
+            targets are, in raster order (see :func:`~geojepa.model.tokenizer.patch_boxes`).
+
+        Raises:
+            GeoJepaError: If images are on and the batch has no imagery.
+        """
+        mode = self.training
+        self.eval()
+        try:
+            tokens = self.tokenizer(batch)
+            context = self.encoder(tokens.x, tokens.valid)
+        finally:
+            self.train(mode)
+        kind = ENTITY if self.tokenizer.entities else IMAGE
+        prior = self.tokenizer.query_prior(patch_boxes(grid).to(context.device), kind)
+        num_tiles = context.shape[0]
+        queries = prior.to(context.dtype).expand(num_tiles, -1, -1)
+        query_valid = torch.ones(queries.shape[:2], dtype=torch.bool, device=context.device)
+        tile = torch.arange(num_tiles, device=context.device)
+        pred = self.predictor(context, tokens.pos_mod, tokens.valid, queries, query_valid, tile)
+        return F.layer_norm(pred.float(), (pred.shape[-1],))

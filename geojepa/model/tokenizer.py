@@ -636,6 +636,20 @@ class Tokenizer(nn.Module):
         modality = torch.full((num_tiles, patches), IMAGE, dtype=torch.long, device=device)
         return content, boxes, modality, has_image[:, None].expand(num_tiles, patches)
 
+    def query_prior(self, boxes: Tensor, kind: int) -> Tensor:
+        """The position/modality prior of query boxes, as the predictor's queries get it.
+
+        Args:
+            boxes: ``Float[Q, 8]`` box corners in the tile frame.
+            kind: Their modality (:data:`~geojepa.model.batch.ENTITY` or ``IMAGE``).
+
+        Returns:
+            ``Float[Q, d]`` priors (box noise only in training mode).
+        """
+        modality = torch.full((1, len(boxes)), kind, dtype=torch.long, device=boxes.device)
+        valid = torch.ones_like(modality, dtype=torch.bool)
+        return self._prior(boxes[None], modality, valid, None)[0]
+
     def _draw_dropout(
         self, device: torch.device, generator: torch.Generator | None
     ) -> tuple[bool, bool]:

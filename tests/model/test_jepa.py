@@ -14,9 +14,10 @@ from model.test_tokenizer import random_batch
 
 from geojepa.errors import GeoJepaError
 from geojepa.model import text
-from geojepa.model.batch import TileBatch
+from geojepa.model.batch import ENTITY, TileBatch
 from geojepa.model.encoder import SetEncoder
 from geojepa.model.jepa import (
+    PREDICTED_GRID,
     PRESETS,
     GeoJEPA,
     GeoJEPAConfig,
@@ -25,6 +26,7 @@ from geojepa.model.jepa import (
     gather,
 )
 from geojepa.model.masks import MaskConfig, gather_tokens, sample_masks, select_tokens
+from geojepa.model.tokenizer import patch_boxes
 
 VOCAB = 30
 IMAGE_SIZE = 32
@@ -96,13 +98,15 @@ def stack(first: TileBatch, second: TileBatch) -> TileBatch:
 
 
 @pytest.mark.parametrize(("modalities", "pool"), [("GT", "tokens"), ("GTI", "tokens"),
-                                                  ("GTI", "modality")])
+                                                  ("GTI", "modality"), ("GT", "predicted"),
+                                                  ("GTI", "predicted")])
 def test_tile_embedding_ignores_batch_mates_and_padding(modalities: str, pool: TilePool) -> None:
     model = make_model(modalities).train()  # embed must not depend on the mode either
     batch = image_batch() if "I" in modalities else random_batch()
     tokens, valid, tiles = model.embed(batch, pool=pool)
-    kinds = 2 if pool == "modality" else 1
-    assert tiles.shape == (3, kinds * 2 * 32) and torch.isfinite(tiles).all()
+    kinds = 2 if pool != "tokens" and "I" in modalities else 1
+    predicted = int(pool == "predicted")
+    assert tiles.shape == (3, (kinds + predicted) * 2 * 32) and torch.isfinite(tiles).all()
     for tile in range(3):
         alone = batch.select(slice(tile, tile + 1))
         padded = pad(alone, entities=6, vertices=4, tags=3)
@@ -179,8 +183,35 @@ def test_modality_pooling_keeps_entities_and_patches_apart() -> None:
     assert torch.equal(plain.embed(gt_batch, pool="modality")[2], plain.embed(gt_batch)[2])
     deep = make_model("GTI", depth=3).embed(batch, layers=2, pool="modality")[2]
     assert deep.shape == (3, 2 * 2 * 2 * 32)
-    with pytest.raises(ValueError, match="pool must be one of tokens, modality, got 'entities'"):
+    with pytest.raises(ValueError, match="pool must be one of tokens, modality, predicted, got"):
         model.embed(batch, pool="entities")  # type: ignore[arg-type]
+
+
+def test_predicted_pool_adds_the_predictors_answers_on_a_grid_over_the_tile() -> None:
+    model = make_model("GT")
+    batch = random_batch(counts=(4, 0, 10))
+    _, _, plain = model.embed(batch, pool="modality")
+    _, _, tiles = model.embed(batch, pool="predicted")
+    assert torch.equal(tiles[:, :64], plain)
+    grid = model.predict_grid(batch)
+    assert grid.shape == (3, PREDICTED_GRID**2, 32)
+    pooled = torch.cat([grid.amax(dim=1), grid.mean(dim=1)], dim=-1)
+    assert torch.allclose(tiles[:, 64:], pooled, atol=1e-4)
+    # the answers are the predictor's, given every token as context and a query per cell
+    model.eval()
+    tokens = model.tokenizer(batch)
+    context = model.encoder(tokens.x, tokens.valid)
+    queries = model.tokenizer.query_prior(patch_boxes(PREDICTED_GRID), ENTITY)
+    queries = queries.expand(3, -1, -1)
+    by_hand = model.predictor(context, tokens.pos_mod, tokens.valid, queries,
+                              torch.ones(queries.shape[:2], dtype=torch.bool), torch.arange(3))
+    by_hand = torch.nn.functional.layer_norm(by_hand, (32,))
+    assert torch.allclose(grid, by_hand, atol=1e-5)
+    # each cell gets its own answer, and they depend on the tile's tokens
+    assert not torch.allclose(grid[0, 0], grid[0, -1], atol=1e-4)
+    assert not torch.allclose(grid[0], grid[2], atol=1e-4)
+    # a tile without tokens still gets answers (from the queries alone), all finite
+    assert torch.isfinite(grid[1]).all() and (tiles[1, :64] == 0).all()
 
 
 def test_target_gets_no_gradients_and_ema_moves_it() -> None:
