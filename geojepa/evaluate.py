@@ -718,7 +718,7 @@ def _notes(
                      "the set probe's tokens concatenate the same blocks' outputs.")
     if config.pool == "predicted":
         notes.append("Tile embeddings (of every model and random-init twin) add, to the pooled "
-                     "tokens, [max, mean] of what the JEPA predictor expects at each cell of a "
+                     "tokens, [max, mean] of what the JEPA predictor expects at each cell of an "
                      f"{PREDICTED_GRID} x {PREDICTED_GRID} grid over the tile from all its tokens "
                      "(not in the SPEC): what the inputs imply about entities they lack.")
     if config.pool != "tokens" and any(cs[0].config.uses_images for cs in loaded.values()):
