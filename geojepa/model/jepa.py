@@ -611,10 +611,10 @@ class GeoJEPA(nn.Module):
         try:
             tokens = self.tokenizer(batch)
             context = self.encoder(tokens.x, tokens.valid)
+            kind = ENTITY if self.tokenizer.entities else IMAGE
+            prior = self.tokenizer.query_prior(patch_boxes(grid).to(context.device), kind)
         finally:
             self.train(mode)
-        kind = ENTITY if self.tokenizer.entities else IMAGE
-        prior = self.tokenizer.query_prior(patch_boxes(grid).to(context.device), kind)
         num_tiles = context.shape[0]
         queries = prior.to(context.dtype).expand(num_tiles, -1, -1)
         query_valid = torch.ones(queries.shape[:2], dtype=torch.bool, device=context.device)

@@ -210,6 +210,9 @@ def test_predicted_pool_adds_the_predictors_answers_on_a_grid_over_the_tile() ->
     # each cell gets its own answer, and they depend on the tile's tokens
     assert not torch.allclose(grid[0, 0], grid[0, -1], atol=1e-4)
     assert not torch.allclose(grid[0], grid[2], atol=1e-4)
+    # the answers do not depend on the model's mode (no box noise on the queries, no dropout)
+    noisy = make_model("GT", box_noise=0.5).train()
+    assert torch.equal(noisy.predict_grid(batch), noisy.eval().predict_grid(batch))
     # a tile without tokens still gets answers (from the queries alone), all finite
     assert torch.isfinite(grid[1]).all() and (tiles[1, :64] == 0).all()
 
