@@ -3,12 +3,17 @@
 Inference uses the EMA target encoder on every token of a tile. A tile's embedding is
 ``[masked max, masked mean]`` over its valid tokens only (``2d`` numbers), so it does not depend on
 its batch-mates; an entity's (or image patch's) embedding is its token (``d`` numbers).
+
+Attention costs the square of a batch's largest tile for every tile of the batch, so tiles are
+read in windows of :data:`SORT_WINDOW` batches, batched by entity count within a window (tiles of
+similar size together), and put back in stored order before they are returned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +22,15 @@ import torch
 from numpy.typing import NDArray
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from geojepa.dataset.loader import TagVocabulary, TileStream
+from geojepa.dataset.loader import TagVocabulary, TileStream, collate
 from geojepa.dataset.reader import TileDataset
 from geojepa.errors import GeoJepaError
 from geojepa.model.batch import TileBatch
 from geojepa.model.jepa import TILE_POOLS, GeoJEPA, GeoJEPAConfig, TilePool
 from geojepa.model.text import cache_path, tag_embedding_table
+
+SORT_WINDOW = 16
+"""Batches per window of tiles that are batched by entity count (see the module docstring)."""
 
 
 @dataclass
@@ -167,6 +175,25 @@ class Embeddings:
             patch=np.concatenate([p.patch for p in parts]),
         )
 
+    def reorder(self, order: NDArray[np.int64]) -> Embeddings:
+        """The same embeddings with the tile rows permuted: row ``i`` is row ``order[i]`` here.
+
+        Entity and patch rows follow their tiles (grouped by tile, in the new tile order, their
+        order within a tile kept).
+        """
+        row = np.empty_like(order)
+        row[order] = np.arange(len(order))
+        entity_tile, patch_tile = row[self.entity_tile], row[self.patch_tile]
+        entities = np.argsort(entity_tile, kind="stable")
+        patches = np.argsort(patch_tile, kind="stable")
+        return Embeddings(
+            tiles=self.tiles[order], tile=self.tile[order],
+            entity_tile=entity_tile[entities], entity_index=self.entity_index[entities],
+            entity=self.entity[entities],
+            patch_tile=patch_tile[patches], patch_index=self.patch_index[patches],
+            patch=self.patch[patches],
+        )
+
 
 def check_layers(checkpoint: Checkpoint, layers: int) -> None:
     """Check that a model has at least ``layers`` encoder blocks to pool.
@@ -202,7 +229,7 @@ def iter_embeddings(
     pool: TilePool = "tokens",
     layered_tokens: bool = False,
 ) -> Iterator[Embeddings]:
-    """Embed a dataset batch by batch, in stored tile order.
+    """Embed a dataset window by window, in stored tile order.
 
     Args:
         checkpoint: From :func:`load_checkpoint`.
@@ -210,7 +237,8 @@ def iter_embeddings(
             model never saw are read by a frozen tag encoder and count as absent for a learned
             one; see :func:`with_dataset_tags`).
         splits: Splits to embed; None for all tiles.
-        batch_size: Tiles per forward pass.
+        batch_size: Tiles per forward pass (batched by size within windows of
+            :data:`SORT_WINDOW` batches).
         tokens: Also return entity and patch embeddings.
         progress: Show a progress bar.
         image_only: Hide every entity, so tiles are embedded from their image patches alone
@@ -224,11 +252,11 @@ def iter_embeddings(
             outputs too (``layers * d`` numbers) instead of the last block's alone.
 
     Yields:
-        One :class:`Embeddings` per batch.
+        One :class:`Embeddings` per window of up to ``SORT_WINDOW * batch_size`` tiles, in stored
+        order.
     """
     checkpoint = with_dataset_tags(checkpoint, dataset)
-    model, config = checkpoint.model, checkpoint.config
-    device = next(model.parameters()).device
+    config = checkpoint.config
     stream = TileStream(
         dataset, splits=splits, batch_size=batch_size, vocab=TagVocabulary(checkpoint.vocabulary),
         shuffle=False, image_size=config.image_size if config.uses_images else None,
@@ -240,18 +268,35 @@ def iter_embeddings(
         raise GeoJepaError("image-only embeddings need a model that uses images (I)")
     check_layers(checkpoint, layers)
     check_pool(pool)
-    entities_first = bool(set(config.modalities) & {"G", "T"})
     bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    disable=not progress)
     with bar, torch.inference_mode():
         task = bar.add_task("embed", total=stream.num_tiles())
-        for batch in stream:
-            batch = batch.to(device)
-            if image_only:
-                batch = replace(batch, valid=torch.zeros_like(batch.valid))
-            tok, valid, tile_emb = model.embed(batch, layers, pool, layered_tokens)
-            yield _split_tokens(batch, tok, valid, tile_emb, entities_first, tokens)
-            bar.advance(task, batch.size)
+        items = stream.items()
+        while window := list(islice(items, SORT_WINDOW * batch_size)):
+            parts = []
+            order = np.argsort([it.num_entities for it in window], kind="stable")
+            for start in range(0, len(window), batch_size):
+                batch = collate([window[i] for i in order[start : start + batch_size]],
+                                stream.image_size)
+                parts.append(_embed_batch(checkpoint, batch, image_only, layers, pool,
+                                          layered_tokens, tokens))
+                bar.advance(task, batch.size)
+            yield Embeddings.concat(parts).reorder(np.argsort(order))
+
+
+def _embed_batch(
+    checkpoint: Checkpoint, batch: TileBatch, image_only: bool, layers: int, pool: TilePool,
+    layered_tokens: bool, tokens: bool,
+) -> Embeddings:
+    """Embed one batch of tiles (see :func:`iter_embeddings`)."""
+    model = checkpoint.model
+    batch = batch.to(next(model.parameters()).device)
+    if image_only:
+        batch = replace(batch, valid=torch.zeros_like(batch.valid))
+    tok, valid, tile_emb = model.embed(batch, layers, pool, layered_tokens)
+    entities_first = bool(set(checkpoint.config.modalities) & {"G", "T"})
+    return _split_tokens(batch, tok, valid, tile_emb, entities_first, tokens)
 
 
 def _split_tokens(

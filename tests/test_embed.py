@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import geojepa.embed
+from geojepa.dataset.loader import collate
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import Checkpoint, embed_dataset, new_tags, with_dataset_tags
 from geojepa.evaluate import _vocabulary_note
@@ -82,3 +84,31 @@ def test_the_report_says_how_many_tags_were_new(dataset: Path) -> None:
     learned = _vocabulary_note(_checkpoint(dataset, tags[::2], tag_encoder="learned", tag_dim=32), ds)
     assert "count as absent" in learned
     assert _vocabulary_note(_checkpoint(dataset, tags), ds) == ""
+
+
+def test_tiles_batched_by_size_come_back_in_stored_order(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ckpt = _checkpoint(dataset, _tags(dataset))
+    alone = embed_dataset(ckpt, dataset, batch_size=1, progress=False)  # no batch-mates at all
+    widths: list[int] = []
+
+    def spy(items: list, image_size: int | None = None) -> object:
+        widths.append(max(it.num_entities for it in items))
+        return collate(items, image_size)
+
+    monkeypatch.setattr(geojepa.embed, "collate", spy)
+    monkeypatch.setattr(geojepa.embed, "SORT_WINDOW", 2)  # one window of 4 tiles, 2 batches
+    paired = embed_dataset(ckpt, dataset, batch_size=2, progress=False)
+    stored = list(TileDataset(dataset).iter_tiles(columns=["z", "x", "y", "n_entities"]))
+    sizes = np.array([t["n_entities"] for t in stored])
+    assert sorted(sizes) != list(sizes)  # stored order is not size order: batching reorders
+    assert widths == [sorted(sizes)[1], sorted(sizes)[3]]  # the smallest two, then the largest
+    expected = np.array([[t["z"], t["x"], t["y"]] for t in stored])
+    for emb in (alone, paired):
+        assert np.array_equal(emb.tiles, expected)
+        assert np.array_equal(emb.entity_tile, np.repeat(np.arange(len(sizes)), sizes))
+        assert np.array_equal(emb.entity_index, np.concatenate([np.arange(n) for n in sizes]))
+    np.testing.assert_allclose(paired.tile, alone.tile, atol=1e-5)
+    np.testing.assert_allclose(paired.entity, alone.entity, atol=1e-5)
+    assert np.abs(np.diff(alone.tile, axis=0)).max() > 1e-3  # tiles differ, so order is tested

@@ -342,6 +342,10 @@ class TileStream(IterableDataset):
         slot = self.rank * workers + worker
         return ordered[slot :: self.world_size * workers]
 
+    def items(self) -> Iterator[TileItem]:
+        """Every selected tile, unbatched, in stored order (one process; for inference)."""
+        return self._tiles(self.units)
+
     def _tiles(self, units: list[tuple[Path, int, int, int]]) -> Iterator[TileItem]:
         cols = list(LOAD_COLUMNS) + (["split"] if self.splits is not None else [])
         cached: tuple[tuple[Path, int], pa.Table] | None = None
