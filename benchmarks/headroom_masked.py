@@ -1,0 +1,181 @@
+"""How much of a masked task can be read at all from what the masking leaves (issue 4).
+
+A masked input lacks every label-bearing tag and entity: without ``building*`` entities a
+model can only guess a tile's building count from the rest (the land-use blocks, the streets
+that cut them into lots, the shops that sit inside buildings), without ``maxspeed*`` tags a
+road's limit from its class, without signal nodes a tile's signals from its junctions and
+crossings. This script asks how well per-tile summaries of exactly that input, computed by
+hand from the masked dataset that ``geojepa tasks`` writes, predict the label, on the same
+spatially grouped folds and with the same probes as ``geojepa evaluate``:
+
+* **tag counts**: ``log1p`` of how many entities carry each tag (the TagCount baseline's
+  features);
+* **tag geometry**: per tag, the clipped area of the polygons and the clipped length of the
+  lines that carry it, in the tile frame (``log1p`` of 100 times each), and the entities'
+  count per kind (point, line, polygon, relation): how much of the tile each kind of land,
+  street and park covers - what the tokens' geometry and box positions show;
+* both together.
+
+Probes: the linear and MLP probes of ``geojepa evaluate`` (count labels fitted in log space,
+the MLP's score a mean over seeds) and gradient-boosted trees
+(``HistGradientBoostingRegressor``, on ``log1p`` of count labels, its number of iterations chosen
+on each fold's validation tiles), a strong tabular learner that needs no scaling. None of these
+rows learns from tokens: they are what a tile embedding could reach if it kept these summaries,
+the mark for the pretrained models and their untrained twins (``benchmarks/evaluate/``).
+
+Run by hand from the repository root (venv active) on a dataset prepared and labelled by
+``geojepa prepare`` and ``geojepa tasks`` (the 8 km city of the evaluate reports: ``geojepa synth
+src8 --size-km 8 --seed 3 --no-image``, ``geojepa prepare src8/synthetic_city.osm.pbf -o city8
+--zoom 17 --group-zoom 14``; 19 minutes there, 3 on Helsinki's 95 tiles):
+
+    python benchmarks/headroom_masked.py city8
+    python benchmarks/headroom_masked.py hel17 --group-zoom 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import shapely
+from numpy.typing import NDArray
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from geojepa.dataset.reader import TileDataset
+from geojepa.evaluate import spatial_folds
+from geojepa.features import tag_count_features
+from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp
+from geojepa.tasks import TASKS, masked_dataset
+
+MLP_SEEDS = 3
+MAX_TAGS = 2000
+BOOST_ITERATIONS = (25, 50, 100, 200, 400)
+KINDS = 4  # point, line, polygon, relation
+
+
+def tag_geometry(dataset: Path, vocab: list[str]) -> NDArray[np.float64]:
+    """Per tile and tag: clipped polygon area and line length in the tile frame, and kind counts.
+
+    Returns ``[T, 2 * len(vocab) + 4]``: ``log1p(100 * area)`` and ``log1p(100 * length)`` of the
+    entities carrying each tag (a tile's whole area is 1, its side 1), then ``log1p`` of the
+    number of points, lines, polygons and relations.
+    """
+    column = {tag: i for i, tag in enumerate(vocab)}
+    rows = []
+    for batch in TileDataset(dataset).iter_batches(columns=["entities"]):
+        entities = pc.list_flatten(batch.column("entities"))
+        tile = pc.list_parent_indices(batch.column("entities")).to_numpy()
+        shapes = shapely.from_wkb(entities.field("local").to_numpy(zero_copy_only=False))
+        area, length = shapely.area(shapes), shapely.length(shapes)
+        polygonal = np.isin(shapely.get_type_id(shapes), (3, 6))  # Polygon, MultiPolygon
+        polygon_area, line_length = np.where(polygonal, area, 0.0), np.where(polygonal, 0.0, length)
+        kind = entities.field("kind").to_numpy().astype(np.int64)
+        out = np.zeros((batch.num_rows, 2 * len(vocab) + KINDS))
+        np.add.at(out, (tile, 2 * len(vocab) + kind), 1.0)
+        for e, tags in enumerate(entities.field("tags").to_pylist()):
+            for tag in tags:
+                if (c := column.get(tag)) is not None:
+                    out[tile[e], 2 * c] += polygon_area[e]
+                    out[tile[e], 2 * c + 1] += line_length[e]
+        out[:, : 2 * len(vocab)] *= 100.0
+        rows.append(np.log1p(out))
+    return np.concatenate(rows)
+
+
+Probe = Callable[[NDArray[np.float64], NDArray[np.float64], Fold], float]
+
+
+def fit_boosted(x: NDArray[np.float64], y: NDArray[np.float64], fold: Fold, log: bool) -> float:
+    """Test MAE of boosted trees (on ``log1p(y)`` if ``log``), iterations chosen on validation."""
+    forward, back = (np.log1p, np.expm1) if log else (np.asarray, np.asarray)
+
+    def fitted(iterations: int) -> HistGradientBoostingRegressor:
+        model = HistGradientBoostingRegressor(max_iter=iterations, early_stopping=False, random_state=0)
+        return model.fit(x[fold.train], forward(y[fold.train]))
+
+    val_mae = {n: float(np.abs(back(fitted(n).predict(x[fold.val])) - y[fold.val]).mean())
+               for n in BOOST_ITERATIONS}
+    model = fitted(min(val_mae, key=val_mae.__getitem__))
+    low, high = y[fold.train].min(), y[fold.train].max()
+    predictions = np.clip(back(model.predict(x[fold.test])), low, high)
+    return float(np.abs(predictions - y[fold.test]).mean())
+
+
+def probes(log: bool) -> dict[str, Probe]:
+    """The probes of the table, each giving one fold's test MAE; ``log``: fit log1p of counts."""
+    return {
+        "linear": lambda x, y, fold: fit_linear(x, y, fold, "regression", log_target=log).metric,
+        "MLP": lambda x, y, fold: float(np.mean([
+            fit_mlp(x, y, fold, "regression", log_target=log, seed=s).metric for s in range(MLP_SEEDS)])),
+        "boosted trees": lambda x, y, fold: fit_boosted(x, y, fold, log),
+    }
+
+
+def task_table(dataset: Path, task: str, labels: pd.DataFrame, folds: list[Fold], vocab: list[str]) -> list[str]:
+    """Markdown lines of one task's table: Dummy, then every feature set under every probe."""
+    masked = masked_dataset(dataset, task)
+    stored = pd.concat([b.to_pandas() for b in TileDataset(masked).iter_batches(columns=["x", "y"])])
+    if not np.array_equal(stored[["x", "y"]].to_numpy(), labels[["x", "y"]].to_numpy()):
+        raise SystemExit(f"{masked}: tiles not in the order of the labels")
+    y = labels[task].to_numpy(np.float64)
+    counts = tag_count_features(masked, vocab, MAX_TAGS).astype(np.float64)
+    geometry = tag_geometry(masked, vocab[:MAX_TAGS])
+    geometry = geometry[:, geometry.std(axis=0) > 0]
+    features = {"tag counts (TagCount's features)": counts,
+                "tag geometry (area, length per tag; kinds)": geometry,
+                "both": np.concatenate([counts, geometry], axis=1)}
+    dummy = [fit_dummy(y, fold, "regression").metric for fold in folds]
+    lines = [f"### masked {task} (label mean {y.mean():.2f})", "",
+             "| per-tile features | probe | MAE | per fold |", "|---|---|---|---|",
+             _row("Dummy (train median)", "—", dummy)]
+    for name, x in features.items():
+        for probe, fit in probes(TASKS[task].count).items():
+            lines.append(_row(name, probe, [fit(x, y, fold) for fold in folds]))
+            print(lines[-1], flush=True)
+    return [*lines, ""]
+
+
+def _row(features: str, probe: str, fold_mae: list[float]) -> str:
+    return (f"| {features} | {probe} | {np.mean(fold_mae):.3f} +- {np.std(fold_mae, ddof=1):.3f} | "
+            f"{', '.join(f'{m:.2f}' for m in fold_mae)} |")
+
+
+def main() -> None:
+    """Read the labelled dataset, then print and append the headroom tables to ``--out``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", type=Path, help="a dataset labelled by `geojepa tasks`")
+    parser.add_argument("--tasks", nargs="+", default=["building_count", "max_speed", "traffic_signals"],
+                        choices=[name for name, task in TASKS.items() if task.kind == "regression"])
+    parser.add_argument("--group-zoom", type=int, default=None, help="default: the dataset's")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/headroom_masked.md"))
+    args = parser.parse_args()
+    ds = TileDataset(args.dataset)
+    labels = pd.read_parquet(args.dataset / "tasks" / "labels.parquet")
+    folds = spatial_folds(ds, labels, args.group_zoom, 5, 0)
+    vocab = ds.vocabulary()["tag"].to_pylist()
+    lines = [f"## {args.dataset.name}", "",
+             f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
+             (f"Command: `python benchmarks/headroom_masked.py {args.dataset} --tasks {' '.join(args.tasks)}"
+              + ("" if args.group_zoom is None else f" --group-zoom {args.group_zoom}") + "`  "),
+             f"Machine: {platform.machine()}, Python {platform.python_version()}, no GPU  ",
+             (f"{len(labels)} tiles, {len(vocab)} tags in the vocabulary ({min(len(vocab), MAX_TAGS)} kept); "
+              "5 folds as `geojepa evaluate` makes them (seed 0); test MAE, mean +- standard deviation "
+              f"over folds; MLP mean of {MLP_SEEDS} seeds."), ""]
+    for task in args.tasks:
+        lines += task_table(args.dataset, task, labels, folds, vocab)
+    title = [] if args.out.exists() else [
+        "# Headroom of the masked tasks (issue 4)", "",
+        ("Per-tile summaries of each masked input under the probes of `geojepa evaluate` and boosted "
+        "trees (features and probes: `benchmarks/headroom_masked.py`)."), ""]
+    with args.out.open("a") as out:
+        out.write("\n".join([*title, *lines, ""]))
+
+
+if __name__ == "__main__":
+    main()
