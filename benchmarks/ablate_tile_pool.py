@@ -23,6 +23,13 @@ zoom-14 groups of every city table, count labels fitted in log space.
 Run by hand from the repository root (venv active, about 15 minutes on 2 cores):
 
     python benchmarks/ablate_tile_pool.py --out benchmarks/ablate_tile_pool.md
+
+or on a labelled dataset of your own with given checkpoints, e.g. Helsinki's 95 tiles with the
+8 km city's checkpoint over ten assignments of the groups to folds, as ``geojepa evaluate
+--group-zoom 15 --repeats 10`` makes them:
+
+    python benchmarks/ablate_tile_pool.py --dataset hel17 --checkpoint GT=b8gtv_s0/checkpoints/epoch001.ckpt \
+        --group-zoom 15 --repeats 10 --out benchmarks/ablate_tile_pool_helsinki.md
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from numpy.typing import NDArray
 
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import embed_dataset, load_checkpoint
+from geojepa.evaluate import spatial_folds
 from geojepa.features import iter_entity_tag_vectors, pool_rows, random_init, tag_count_features
-from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp, grouped_folds
+from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp
 from geojepa.tasks import masked_dataset
 
 TASKS = ("traffic_signals", "building_count")
@@ -108,11 +116,16 @@ def entity_sources(checkpoints: dict[str, list[Path]], dataset: Path, vocab: lis
     return sources
 
 
-def ablate(checkpoints: dict[str, list[Path]], ds: Path) -> pd.DataFrame:
+def folds_of(ds: Path, group_zoom: int, repeats: int) -> list[Fold]:
+    """The folds of ``geojepa evaluate --group-zoom G --repeats R`` (5 per repeat, seed 0)."""
+    labels = pd.read_parquet(ds / "tasks" / "labels.parquet")
+    return [fold for repeat in range(repeats)
+            for fold in spatial_folds(TileDataset(ds), labels, group_zoom, 5, repeat, by_size=repeat == 0)]
+
+
+def ablate(checkpoints: dict[str, list[Path]], ds: Path, folds: list[Fold]) -> pd.DataFrame:
     """Every task x method x pooling x probe: fold scores (mean over replicates)."""
     labels = pd.read_parquet(ds / "tasks" / "labels.parquet")
-    zoom = int(labels["z"].iloc[0])
-    folds = grouped_folds(labels[["x", "y"]].to_numpy() >> (zoom - 14), 5, 0)
     vocab = TileDataset(ds).vocabulary().column("tag").to_pylist()
     rows = []
     for task in TASKS:
@@ -147,7 +160,7 @@ def table(results: pd.DataFrame, task: str) -> list[str]:
         cells = []
         for pool in POOLS:
             score = group[group.pool == pool][folds].to_numpy()[0]
-            won = "" if pool == "max, mean" else f" ({int((score < base).sum())}/5)"
+            won = "" if pool == "max, mean" else f" ({int((score < base).sum())}/{len(folds)})"
             cells.append(f"{score.mean():.3f}{won}")
         lines.append(f"| {method} | {probe} | " + " | ".join(cells) + " |")
     for _, row in part[part.pool == ""].iterrows():
@@ -157,38 +170,59 @@ def table(results: pd.DataFrame, task: str) -> list[str]:
 
 
 def main() -> None:
-    """Prepare the cities, pretrain T and GT on the 8 km one, ablate the pooling, write the table."""
+    """Prepare the cities and pretrain T and GT on the 8 km one (or take ``--dataset`` and
+    ``--checkpoint``), ablate the pooling, write the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/geojepa-pool"))
+    parser.add_argument("--dataset", type=Path, help="a labelled dataset (default: the 4 km city, made here)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=CKPT",
+                        help="with --dataset: a checkpoint to pool (repeat a NAME for replicates)")
+    parser.add_argument("--group-zoom", type=int, default=14)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/ablate_tile_pool.md"))
     args = parser.parse_args()
     log: list[str] = []
-    datasets = {}
-    for size_km in (4.0, 8.0):
-        datasets[size_km] = args.work / f"scale{size_km:g}"
-        tags_city(args.work / f"scale{size_km:g}_src", datasets[size_km], size_km, SCALE_CITIES[size_km], log)
-    run(["tasks", str(datasets[4.0]), "--overwrite"], log)
-    checkpoints = {}
-    for modalities in ("T", "GT"):
-        dirs = pretrain_runs(datasets[8.0], args.work / f"scale8_{modalities}", SEEDS,
-                             ["--epochs", str(EPOCHS), "--model-modalities", modalities, *PRETRAIN], log)
-        checkpoints[f"{modalities}-city8km"] = [d / "checkpoints" / "last.ckpt" for d in dirs]
-    results = ablate(checkpoints, datasets[4.0])
-    results.to_csv(args.work / "ablate_tile_pool.csv", index=False)
+    checkpoints: dict[str, list[Path]] = {}
+    if args.dataset is None:
+        datasets = {}
+        for size_km in (4.0, 8.0):
+            datasets[size_km] = args.work / f"scale{size_km:g}"
+            tags_city(args.work / f"scale{size_km:g}_src", datasets[size_km], size_km, SCALE_CITIES[size_km], log)
+        run(["tasks", str(datasets[4.0]), "--overwrite"], log)
+        for modalities in ("T", "GT"):
+            dirs = pretrain_runs(datasets[8.0], args.work / f"scale8_{modalities}", SEEDS,
+                                 ["--epochs", str(EPOCHS), "--model-modalities", modalities, *PRETRAIN], log)
+            checkpoints[f"{modalities}-city8km"] = [d / "checkpoints" / "last.ckpt" for d in dirs]
+        dataset = datasets[4.0]
+        setting = (f"Models: small preset, tags only (T) and tags + geometry (GT), pretrained on the 8 km "
+                   f"city ({EPOCHS} epochs, training seeds 0..{SEEDS - 1}, inductive), cells averaged over the "
+                   f"seeds; evaluated on the 4 km city")
+        command = "python benchmarks/ablate_tile_pool.py"
+    else:
+        for spec in args.checkpoint:
+            name, _, path = spec.rpartition("=")
+            checkpoints.setdefault(name or Path(path).stem, []).append(Path(path))
+        dataset = args.dataset
+        setting = f"Models: {', '.join(args.checkpoint)}; evaluated on `{dataset}`"
+        command = (f"python benchmarks/ablate_tile_pool.py --dataset {dataset} "
+                   + " ".join(f"--checkpoint {c}" for c in args.checkpoint)
+                   + f" --group-zoom {args.group_zoom} --repeats {args.repeats}")
+    folds = folds_of(dataset, args.group_zoom, args.repeats)
+    results = ablate(checkpoints, dataset, folds)
+    results.to_csv(args.work / f"ablate_tile_pool_{dataset.name}.csv", index=False)
     header = [
-        "# Count-aware tile pooling on masked traffic_signals of the synthetic city (issue 4)", "",
+        f"# Count-aware tile pooling on masked traffic_signals of `{dataset.name}` (issue 4)", "",
         f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ",
-        "Command: `python benchmarks/ablate_tile_pool.py`  ",
+        f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, Python {platform.python_version()}, no GPU  ",
-        (f"Models: small preset, tags only (T) and tags + geometry (GT), pretrained on the 8 km "
-         f"city ({EPOCHS} epochs, training seeds 0..{SEEDS - 1}, inductive), cells averaged over the "
-         f"seeds; evaluated on the 4 km city, masked, 5 folds over zoom-14 groups, count labels in "
-         f"log space, MLP mean of {MLP_SEEDS} seeds. Test MAE, fold mean; in brackets the folds on "
-         "which the pooling beats `max, mean` of the same vectors and probe."), "",
+        (f"{setting}, masked, {len(folds)} folds over zoom-{args.group_zoom} groups ({args.repeats} "
+         f"assignment{'s' * (args.repeats > 1)} of 5), count labels in log space, MLP mean of {MLP_SEEDS} "
+         "seeds. Test MAE, fold mean; in brackets the folds on which the pooling beats `max, mean` of "
+         "the same vectors and probe."), "",
     ]
     lines = [line for task in TASKS for line in table(results, task)]
-    args.out.write_text("\n".join([*header, *lines, "Commands and wall times:", "",
-                                   "| command | s |", "|---|---|", *log, ""]))
+    tail = ["Commands and wall times:", "", "| command | s |", "|---|---|", *log, ""] if log else []
+    args.out.write_text("\n".join([*header, *lines, *tail]))
     print("\n".join(lines))
 
 
