@@ -48,7 +48,7 @@ from sklearn.linear_model import RidgeCV
 
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import embed_dataset, load_checkpoint
-from geojepa.evaluate import spatial_folds
+from geojepa.evaluate import repeated_spatial_folds
 from geojepa.features import iter_entity_tag_vectors, pool_rows, random_init, tag_count_features
 from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp
 from geojepa.tasks import masked_dataset
@@ -94,12 +94,14 @@ def tag_vectors(dataset: Path, vocab: list[str], table_folder: Path) -> tuple[ND
     return np.concatenate(vectors), np.concatenate(tiles)
 
 
-def fold_scores(x: NDArray[np.float32], y: NDArray[np.float64], folds: list[Fold], probe: str) -> list[float]:
-    """Test MAE per fold, as ``geojepa evaluate`` fits it (the MLP's: mean over its seeds)."""
+def fold_scores(x: NDArray[np.floating], y: NDArray[np.float64], folds: list[Fold], probe: str,
+                log: bool = True, seeds: int = MLP_SEEDS) -> list[float]:
+    """Test MAE per fold, as ``geojepa evaluate`` fits it: the ``linear`` or ``mlp`` probe on
+    ``log1p`` of the labels if ``log`` (the MLP's score: mean over ``seeds`` seeds)."""
     if probe == "linear":
-        return [fit_linear(x, y, f, "regression", log_target=True).metric for f in folds]
-    return [float(np.mean([fit_mlp(x, y, f, "regression", log_target=True, seed=s).metric
-                           for s in range(MLP_SEEDS)])) for f in folds]
+        return [fit_linear(x, y, f, "regression", log_target=log).metric for f in folds]
+    return [float(np.mean([fit_mlp(x, y, f, "regression", log_target=log, seed=s).metric
+                           for s in range(seeds)])) for f in folds]
 
 
 def entity_sources(checkpoints: dict[str, list[Path]], dataset: Path, vocab: list[str],
@@ -116,13 +118,6 @@ def entity_sources(checkpoints: dict[str, list[Path]], dataset: Path, vocab: lis
                     raise SystemExit(f"{label}: [max, mean] of its entities is not its tile embedding")
                 sources.setdefault(label, []).append((emb.entity, emb.entity_tile))
     return sources
-
-
-def folds_of(ds: Path, group_zoom: int, repeats: int) -> list[Fold]:
-    """The folds of ``geojepa evaluate --group-zoom G --repeats R`` (5 per repeat, seed 0)."""
-    labels = pd.read_parquet(ds / "tasks" / "labels.parquet")
-    return [fold for repeat in range(repeats)
-            for fold in spatial_folds(TileDataset(ds), labels, group_zoom, 5, repeat, by_size=repeat == 0)]
 
 
 def tag_decodability(vectors: NDArray[np.float32], tag_vectors: NDArray[np.float32],
@@ -235,7 +230,8 @@ def main() -> None:
         command = (f"python benchmarks/ablate_tile_pool.py --dataset {dataset} "
                    + " ".join(f"--checkpoint {c}" for c in args.checkpoint)
                    + f" --group-zoom {args.group_zoom} --repeats {args.repeats}")
-    folds = folds_of(dataset, args.group_zoom, args.repeats)
+    labels = pd.read_parquet(dataset / "tasks" / "labels.parquet")
+    folds = repeated_spatial_folds(TileDataset(dataset), labels, args.group_zoom, 5, 0, args.repeats)
     results, decoded = ablate(checkpoints, dataset, folds)
     results.to_csv(args.work / f"ablate_tile_pool_{dataset.name}.csv", index=False)
     header = [

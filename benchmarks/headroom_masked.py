@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,13 +43,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import shapely
+from ablate_tile_pool import fold_scores
 from numpy.typing import NDArray
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from geojepa.dataset.reader import TileDataset
 from geojepa.evaluate import spatial_folds
 from geojepa.features import tag_count_features
-from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp
+from geojepa.probes import Fold, fit_dummy
 from geojepa.tasks import TASKS, masked_dataset
 
 MLP_SEEDS = 3
@@ -88,9 +88,6 @@ def tag_geometry(dataset: Path, vocab: list[str]) -> NDArray[np.float64]:
     return np.concatenate(rows)
 
 
-Probe = Callable[[NDArray[np.float64], NDArray[np.float64], Fold], float]
-
-
 def fit_boosted(x: NDArray[np.float64], y: NDArray[np.float64], fold: Fold, log: bool) -> float:
     """Test MAE of boosted trees (on ``log1p(y)`` if ``log``), iterations chosen on validation."""
     forward, back = (np.log1p, np.expm1) if log else (np.asarray, np.asarray)
@@ -105,16 +102,6 @@ def fit_boosted(x: NDArray[np.float64], y: NDArray[np.float64], fold: Fold, log:
     low, high = y[fold.train].min(), y[fold.train].max()
     predictions = np.clip(back(model.predict(x[fold.test])), low, high)
     return float(np.abs(predictions - y[fold.test]).mean())
-
-
-def probes(log: bool) -> dict[str, Probe]:
-    """The probes of the table, each giving one fold's test MAE; ``log``: fit log1p of counts."""
-    return {
-        "linear": lambda x, y, fold: fit_linear(x, y, fold, "regression", log_target=log).metric,
-        "MLP": lambda x, y, fold: float(np.mean([
-            fit_mlp(x, y, fold, "regression", log_target=log, seed=s).metric for s in range(MLP_SEEDS)])),
-        "boosted trees": lambda x, y, fold: fit_boosted(x, y, fold, log),
-    }
 
 
 def task_table(dataset: Path, task: str, labels: pd.DataFrame, folds: list[Fold], vocab: list[str]) -> list[str]:
@@ -134,9 +121,12 @@ def task_table(dataset: Path, task: str, labels: pd.DataFrame, folds: list[Fold]
     lines = [f"### masked {task} (label mean {y.mean():.2f})", "",
              "| per-tile features | probe | MAE | per fold |", "|---|---|---|---|",
              _row("Dummy (train median)", "—", dummy)]
+    log = TASKS[task].count
     for name, x in features.items():
-        for probe, fit in probes(TASKS[task].count).items():
-            lines.append(_row(name, probe, [fit(x, y, fold) for fold in folds]))
+        for probe, fold_mae in (("linear", fold_scores(x, y, folds, "linear", log)),
+                                ("MLP", fold_scores(x, y, folds, "mlp", log, MLP_SEEDS)),
+                                ("boosted trees", [fit_boosted(x, y, fold, log) for fold in folds])):
+            lines.append(_row(name, probe, fold_mae))
             print(lines[-1], flush=True)
     return [*lines, ""]
 

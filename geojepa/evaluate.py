@@ -437,10 +437,23 @@ def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[s
             raise GeoJepaError("the stored split has an empty train, val or test part; use --protocol cv",
                                ds.folder)
         return protocol, [Fold(0, idx["train"], idx["val"], idx["test"])]
-    return protocol, [replace(fold, index=repeat * config.folds + fold.index)
-                      for repeat in range(config.repeats)
-                      for fold in spatial_folds(ds, labels, config.group_zoom, config.folds,
-                                                config.seed + repeat, by_size=repeat == 0)]
+    return protocol, repeated_spatial_folds(ds, labels, config.group_zoom, config.folds, config.seed,
+                                            config.repeats)
+
+
+def repeated_spatial_folds(ds: TileDataset, labels: pd.DataFrame, group_zoom: int | None, folds: int,
+                           seed: int, repeats: int) -> list[Fold]:
+    """The folds of :func:`evaluate` under the cv protocol: ``repeats`` assignments of the groups
+    to ``folds`` folds (:func:`spatial_folds` with seeds ``seed .. seed + repeats - 1``; the first
+    places the largest groups first, the others take them in random order). Fold ``i`` of repeat
+    ``r`` has index ``r * folds + i``.
+
+    Raises:
+        GeoJepaError: As :func:`spatial_folds`.
+    """
+    return [replace(fold, index=repeat * folds + fold.index)
+            for repeat in range(repeats)
+            for fold in spatial_folds(ds, labels, group_zoom, folds, seed + repeat, by_size=repeat == 0)]
 
 
 def spatial_folds(ds: TileDataset, labels: pd.DataFrame, group_zoom: int | None, folds: int,
