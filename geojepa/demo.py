@@ -64,7 +64,8 @@ def run_demo(out: Path, workers: int | None = None, epochs: int = DEMO_EPOCHS, s
     """Run the pipeline on the bundled Helsinki extract and print what each step found.
 
     Writes ``out/helsinki`` (the dataset, with ``tasks/``), ``out/pretrain`` (the run folder
-    with its checkpoints) and ``out/evaluate`` (the report), replacing those of an earlier demo.
+    with its checkpoints) and ``out/evaluate`` (the report), replacing those of an earlier demo
+    and refusing to replace other folders of those names.
 
     Args:
         out: Demo folder.
@@ -77,16 +78,20 @@ def run_demo(out: Path, workers: int | None = None, epochs: int = DEMO_EPOCHS, s
         ``dataset``, ``checkpoint``, ``results``.
 
     Raises:
-        GeoJepaError: The bundled data is missing, or ``epochs`` is below 1.
+        GeoJepaError: The bundled data is missing, ``epochs`` is below 1, or a folder the demo
+            writes exists and is not from an earlier demo.
     """
     from geojepa.evaluate import EvalConfig, evaluate
     from geojepa.tasks import build_tasks, stats_table
-    from geojepa.train import TrainConfig, pretrain
+    from geojepa.train import RUN_CONFIG, TrainConfig, pretrain
 
     if epochs < 1:
         raise GeoJepaError(f"the demo needs at least 1 pretraining epoch, got {epochs}")
     console = Console()
     dataset, run, report = out / "helsinki", out / "pretrain", out / "evaluate"
+    for folder, mark in ((dataset, "manifest.json"), (run, RUN_CONFIG), (report, "settings.json")):
+        if folder.exists() and not (folder / mark).is_file():
+            raise GeoJepaError("exists and is not from an earlier demo; choose another --out", folder)
     config = PrepareConfig(zoom=DEMO_ZOOM, group_zoom=DEMO_GROUP_ZOOM)
     if workers is not None:
         config = replace(config, workers=workers)

@@ -109,3 +109,14 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert mae["building_count", "GeoJEPA"] < 0.7 * mae["building_count", "Dummy"]
     printed = res.stdout[res.stdout.index("4/4 evaluate"):]
     assert "GeoJEPA (linear)" in printed and "Dummy" in printed and "next: geojepa evaluate" in printed
+
+
+def test_demo_refuses_to_replace_folders_it_did_not_write(tmp_path: Path) -> None:
+    keep = tmp_path / "pretrain" / "notes.txt"
+    keep.parent.mkdir()
+    keep.write_text("mine")
+    res = run("demo", "--out", str(tmp_path))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(keep.parent) in lines[0] and "not from an earlier demo" in lines[0]
+    assert keep.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["pretrain"]
