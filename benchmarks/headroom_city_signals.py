@@ -42,6 +42,7 @@ import numpy as np
 import osmium
 import pandas as pd
 import torch
+from ablate_tile_pool import fold_scores
 from bench_evaluate import run
 from numpy.typing import NDArray
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -49,7 +50,7 @@ from torch import nn
 
 from geojepa.dataset.loader import decode_image
 from geojepa.dataset.reader import TileDataset
-from geojepa.probes import Fold, fit_dummy, fit_linear, fit_mlp, grouped_folds
+from geojepa.probes import Fold, fit_dummy, grouped_folds
 from geojepa.tiles import lonlat_to_mercator, lonlat_to_tile
 
 MAJOR = frozenset({"primary", "secondary"})
@@ -118,21 +119,13 @@ def signal_sites(pbf: Path, keys: NDArray[np.int64], zoom: int) -> tuple[NDArray
     return np.stack(columns, axis=1), summary
 
 
-def scores(x: NDArray[np.float64] | None, y: NDArray[np.float64], folds: list[Fold], probe: str) -> list[float]:
-    """Test MAE per fold; the MLP's is the mean over its seeds. Count labels fitted in log space."""
-    if x is None:
-        return [fit_dummy(y, fold, "regression").metric for fold in folds]
-    if probe == "linear":
-        return [fit_linear(x, y, fold, "regression", log_target=True).metric for fold in folds]
-    return [float(np.mean([fit_mlp(x, y, fold, "regression", log_target=True, seed=s).metric
-                           for s in range(MLP_SEEDS)])) for fold in folds]
-
-
 def probe_cells(x: NDArray[np.float64] | None, y: NDArray[np.float64], folds: list[Fold]) -> str:
-    """``linear | MLP`` table cells: test MAE, mean +- standard deviation over folds."""
+    """``linear | MLP`` table cells: test MAE, mean +- standard deviation over folds (Dummy's
+    when ``x`` is None; count labels fitted in log space, the MLP's score a mean over seeds)."""
     cells = []
     for probe in ("linear", "mlp"):
-        fold_mae = scores(x, y, folds, probe)
+        fold_mae = ([fit_dummy(y, fold, "regression").metric for fold in folds] if x is None
+                    else fold_scores(x, y, folds, probe, seeds=MLP_SEEDS))
         cells.append(f"{np.mean(fold_mae):.3f} +- {np.std(fold_mae, ddof=1):.3f}")
     return " | ".join(cells)
 
