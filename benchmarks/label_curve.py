@@ -7,8 +7,8 @@ pretrained model needing more labels to find what it keeps? If it were, the pret
 would gain on its initialisation as the labelled tiles grow. This script draws the learning
 curves, on Helsinki and on a region with many tiles: the linear probe of ``geojepa evaluate``
 (ridge, penalty chosen on the fold's full validation tiles, count labels in log space) fitted
-on ``n`` train tiles drawn at random from each fold's train tiles (several draws per ``n``, and
-all of them), scored on the fold's full test tiles, for the checkpoint's tile embeddings, its
+on ``n`` train tiles drawn at random from each fold's train tiles (``geojepa evaluate
+--train-tiles n --seed d`` for draws ``d = 0, 1, ...``; and all of them), scored on the fold's full test tiles, for the checkpoint's tile embeddings, its
 random initialisation's and TagPool's features, all on the masked input.
 
 Run by hand from the repository root (venv active; about 14 minutes on the 8 km city's 2,858
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,21 +33,13 @@ from numpy.typing import NDArray
 
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import embed_dataset, load_checkpoint
-from geojepa.evaluate import repeated_spatial_folds
+from geojepa.evaluate import fewer_train_tiles, repeated_spatial_folds
 from geojepa.features import random_init, tag_pool_features
 from geojepa.probes import Fold, fit_linear
 from geojepa.tasks import masked_dataset
 
 TASKS = ("building_count", "max_speed", "traffic_signals")
 COUNT_TASKS = ("building_count", "traffic_signals")
-
-
-def subsampled(fold: Fold, n: int | None, draw: int) -> Fold:
-    """``fold`` with ``n`` of its train rows drawn at random (seed ``draw``); None keeps all."""
-    if n is None or n >= len(fold.train):
-        return fold
-    rng = np.random.default_rng([fold.index, n, draw])
-    return replace(fold, train=np.sort(rng.choice(fold.train, n, replace=False)))
 
 
 def curve(features: dict[str, NDArray[np.float32]], y: NDArray[np.float64], folds: list[Fold],
@@ -58,7 +49,7 @@ def curve(features: dict[str, NDArray[np.float32]], y: NDArray[np.float64], fold
     for n in sizes:
         for fold in folds:
             for draw in range(1 if n is None else draws):
-                part = subsampled(fold, n, draw)
+                part = fold if n is None else fewer_train_tiles(fold, n, seed=draw)
                 for method, x in features.items():
                     mae = fit_linear(x, y, part, "regression", log_target=log).metric
                     rows.append({"n": "all" if n is None else str(n), "fold": fold.index, "draw": draw,

@@ -282,6 +282,9 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    "larger: milder), chosen per fit on the validation rows; with `none` in the list, a fold "
                    "with no more train rows than feature columns fits `none` alone (default "
                    f"{' '.join('none' if w is None else f'{w:g}' for w in d.whitening)})")
+    p.add_argument("--train-tiles", type=int, default=None, metavar="N",
+                   help="label efficiency: fit every probe and baseline on N of each fold's train "
+                   "tiles, drawn at random per fold (validation and test tiles stay whole; default: all)")
     p.add_argument("--best-replicate", action="store_true",
                    help="also report, for every checkpoint NAME with several replicates and for "
                    "its random initialisations, the replicate that probes best on the validation "
@@ -311,7 +314,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                         seeds=args.seeds, baselines=tuple(args.baselines), log_counts=args.log_counts,
                         seed=args.seed, layers=args.layers, pool=args.pool,
                         best_replicate=args.best_replicate,
-                        one_replicate=args.one_replicate, whitening=tuple(args.whitening))
+                        one_replicate=args.one_replicate, whitening=tuple(args.whitening),
+                        train_tiles=args.train_tiles)
     select = dict(args.select)
     if len(select) < len(args.select):
         raise GeoJepaError("two selections have the same NAME")

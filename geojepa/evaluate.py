@@ -81,6 +81,8 @@ from geojepa.tasks import (
 Protocol = Literal["auto", "cv", "split"]
 BASELINES = ("dummy", "tagpool", "tagcount", "random", "image")
 PROBES = ("linear", "mlp", "set")
+MIN_TRAIN_TILES = 5
+"""Fewest train tiles per fold that ``train_tiles`` may ask for."""
 
 
 @dataclass
@@ -131,6 +133,9 @@ class EvalConfig:
             :func:`best_replicate` with ``across_tasks``), as a user keeps one checkpoint.
         whitening: Input whitenings the MLP and set probes choose from on validation (None:
             standardised only; a number: :func:`~geojepa.probes.whitener`'s shrinkage).
+        train_tiles: Label efficiency: fit every probe and baseline on at most this many of
+            each fold's train tiles, drawn at random per fold (:func:`fewer_train_tiles`; the
+            validation and test tiles stay whole). None: all of them.
     """
 
     tasks: tuple[str, ...] = tuple(TASKS)
@@ -152,6 +157,7 @@ class EvalConfig:
     best_replicate: bool = False
     one_replicate: bool = False
     whitening: tuple[Whitening, ...] = DEFAULT_WHITENING
+    train_tiles: int | None = None
 
     def validate(self) -> None:
         """Reject unknown names and impossible numbers.
@@ -172,6 +178,8 @@ class EvalConfig:
             raise GeoJepaError("need at least 3 folds, 1 seed and 1 repeat")
         if self.layers < 1:
             raise GeoJepaError(f"layers must be at least 1, got {self.layers}")
+        if self.train_tiles is not None and self.train_tiles < MIN_TRAIN_TILES:
+            raise GeoJepaError(f"train_tiles must be at least {MIN_TRAIN_TILES}, got {self.train_tiles}")
         try:
             check_whitening(self.whitening)
         except ValueError as err:
@@ -436,9 +444,22 @@ def _folds(ds: TileDataset, labels: pd.DataFrame, config: EvalConfig) -> tuple[s
         if any(len(v) == 0 for v in idx.values()):
             raise GeoJepaError("the stored split has an empty train, val or test part; use --protocol cv",
                                ds.folder)
-        return protocol, [Fold(0, idx["train"], idx["val"], idx["test"])]
-    return protocol, repeated_spatial_folds(ds, labels, config.group_zoom, config.folds, config.seed,
-                                            config.repeats)
+        folds = [Fold(0, idx["train"], idx["val"], idx["test"])]
+    else:
+        folds = repeated_spatial_folds(ds, labels, config.group_zoom, config.folds, config.seed, config.repeats)
+    if config.train_tiles is not None:
+        folds = [fewer_train_tiles(fold, config.train_tiles, config.seed) for fold in folds]
+    return protocol, folds
+
+
+def fewer_train_tiles(fold: Fold, n: int, seed: int) -> Fold:
+    """``fold`` with ``n`` of its train rows, drawn at random (seeded by ``seed`` and the fold's
+    index, so every method and probe gets the same ones), sorted; the whole fold when it has
+    no more than ``n``. Validation and test rows are kept."""
+    if n >= len(fold.train):
+        return fold
+    rng = np.random.default_rng([seed, fold.index])
+    return replace(fold, train=np.sort(rng.choice(fold.train, n, replace=False)))
 
 
 def repeated_spatial_folds(ds: TileDataset, labels: pd.DataFrame, group_zoom: int | None, folds: int,
@@ -714,6 +735,12 @@ def _notes(
     else:
         notes = [(f"Protocol: the dataset's stored split ({len(folds[0].train)} train, "
                  f"{len(folds[0].val)} val, {len(folds[0].test)} test tiles).")]
+    if config.train_tiles is not None:
+        fitted = sorted({len(f.train) for f in folds})
+        notes.append(f"Label efficiency: every probe and baseline is fitted on at most "
+                     f"{config.train_tiles} of each fold's train tiles ({', '.join(map(str, fitted))} "
+                     f"here), drawn at random per fold (seed {config.seed}); the validation and test "
+                     "tiles are the whole fold's.")
     if "mlp" in config.probes:
         notes.append(f"MLP probe: 512 hidden, GELU, AdamW, early stopping on validation; "
                      f"{config.seeds} seeds per fold (cells average them).")

@@ -21,6 +21,7 @@ from geojepa.evaluate import (
     EvalConfig,
     best_replicate,
     evaluate,
+    fewer_train_tiles,
     select_on_validation,
     spatial_folds,
 )
@@ -189,12 +190,17 @@ def test_cli_evaluate_baselines_only(helsinki: Path, tmp_path: Path, capsys: pyt
     assert "exists" in capsys.readouterr().err
 
 
+def _building_count_cli(helsinki: Path) -> list[str]:
+    """A quick ``geojepa evaluate``: masked building_count, 3 folds, linear probe, Dummy and TagCount."""
+    return ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "--folds", "3",
+            "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy", "tagcount",
+            "--variants", "masked"]
+
+
 def test_cli_repeats_cross_validate_with_other_group_assignments(
     helsinki: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    args = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "--folds", "3",
-            "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy", "tagcount",
-            "--variants", "masked"]
+    args = _building_count_cli(helsinki)
     assert main([*args, "-o", str(tmp_path / "once")]) == 0
     assert main([*args, "-o", str(tmp_path / "twice"), "--repeats", "2", "--seed", "4"]) == 0
     labels = load_labels(helsinki).to_pandas()
@@ -224,6 +230,42 @@ def test_cli_repeats_cross_validate_with_other_group_assignments(
     assert main([*args, "-o", str(tmp_path / "split"), "--repeats", "2", "--protocol", "split"]) == 2
     assert "repeats need the cv protocol" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists() and not (tmp_path / "split").exists()
+
+
+def test_fewer_train_tiles_draw_a_seeded_subset_and_keep_validation_and_test() -> None:
+    fold = grouped_folds(np.arange(120) // 6, 4, seed=0)[1]
+    fewer = fewer_train_tiles(fold, 10, seed=3)
+    assert len(fewer.train) == 10 and set(fewer.train) < set(fold.train)
+    assert np.all(np.diff(fewer.train) > 0)
+    assert fewer.val is fold.val and fewer.test is fold.test and fewer.index == fold.index
+    assert np.array_equal(fewer_train_tiles(fold, 10, seed=3).train, fewer.train)  # same seed, same tiles
+    assert not np.array_equal(fewer_train_tiles(fold, 10, seed=4).train, fewer.train)
+    assert fewer_train_tiles(fold, len(fold.train), seed=3) is fold
+
+
+def test_cli_train_tiles_fit_every_method_on_the_same_few_tiles(
+    helsinki: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = _building_count_cli(helsinki)
+    assert main([*args, "-o", str(tmp_path / "all")]) == 0
+    assert main([*args, "-o", str(tmp_path / "few"), "--train-tiles", "8"]) == 0
+    full, few = (pd.read_csv(tmp_path / name / "runs.csv") for name in ("all", "few"))
+    assert set(few["n_train"]) == {8} and full["n_train"].min() > 8
+    for column in ("n_val", "n_test"):  # validation and test tiles stay whole
+        assert few[column].tolist() == full[column].tolist()
+    labels = load_labels(helsinki).to_pandas()["building_count"].to_numpy()
+    dummy = few[few["method"] == "Dummy"]
+    assert dummy["metric"].tolist() != full[full["method"] == "Dummy"]["metric"].tolist()
+    medians = {float(np.median(labels[fewer_train_tiles(f, 8, 0).train]))
+               for f in spatial_folds(TileDataset(helsinki), load_labels(helsinki).to_pandas(), 16, 3, 0)}
+    predictions = pd.read_parquet(tmp_path / "few" / "predictions.parquet")
+    assert set(predictions.loc[predictions["method"] == "Dummy", "prediction"]) == medians
+    assert "fitted on at most 8 of each fold's train tiles" in (tmp_path / "few" / "results.md").read_text()
+    assert json.loads((tmp_path / "few" / "settings.json").read_text())["train_tiles"] == 8
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "bad"), "--train-tiles", "2"]) == 2
+    assert "train_tiles must be at least 5" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_seen_by_reads_the_pretraining_record(helsinki: Path) -> None:
