@@ -21,7 +21,7 @@ TagPool's raw tag vectors, a checkpoint's entity embeddings and its random initi
 * **between-tile share**: the share of the entity vectors' variance that lies between the
   tile means (how much each entity vector says about its tile rather than about itself).
 
-Run by hand from the repository root (venv active; about 3 minutes on Helsinki's 95 tiles):
+Run by hand from the repository root (venv active; about a minute on Helsinki's 95 tiles):
 
     python benchmarks/count_cues.py hel17 --checkpoint b8gtv_s0/checkpoints/epoch001.ckpt \
         --group-zoom 15 --out benchmarks/count_cues_helsinki.md

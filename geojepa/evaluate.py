@@ -12,6 +12,8 @@ method, probes are fitted on the same spatial folds:
   group fold ``i``, selects hyper-parameters and stops early on fold ``i + 1``, trains on the rest;
   optionally repeated with other assignments of the groups to folds;
   protocol ``split``: the dataset's stored train/val/test split, one fold (for large datasets);
+  optionally (label efficiency) every fold's train tiles cut to a random few, the same for every
+  method;
 * probes: linear (ridge / logistic) and MLP (several seeds); count tasks are fitted in log space;
 * checkpoint selection (optional): a model that takes, per task, fold and replicate, whichever of
   several checkpoints (e.g. epochs of one run) scored best on the fold's validation rows - the
