@@ -253,11 +253,11 @@ def test_cli_train_tiles_fit_every_method_on_the_same_few_tiles(
     assert set(few["n_train"]) == {8} and full["n_train"].min() > 8
     for column in ("n_val", "n_test"):  # validation and test tiles stay whole
         assert few[column].tolist() == full[column].tolist()
-    labels = load_labels(helsinki).to_pandas()["building_count"].to_numpy()
+    labels = load_labels(helsinki).to_pandas()
     dummy = few[few["method"] == "Dummy"]
     assert dummy["metric"].tolist() != full[full["method"] == "Dummy"]["metric"].tolist()
-    medians = {float(np.median(labels[fewer_train_tiles(f, 8, 0).train]))
-               for f in spatial_folds(TileDataset(helsinki), load_labels(helsinki).to_pandas(), 16, 3, 0)}
+    medians = {float(np.median(labels["building_count"].to_numpy()[fewer_train_tiles(f, 8, 0).train]))
+               for f in spatial_folds(TileDataset(helsinki), labels, 16, 3, 0)}
     predictions = pd.read_parquet(tmp_path / "few" / "predictions.parquet")
     assert set(predictions.loc[predictions["method"] == "Dummy", "prediction"]) == medians
     assert "fitted on at most 8 of each fold's train tiles" in (tmp_path / "few" / "results.md").read_text()
