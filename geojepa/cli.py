@@ -219,14 +219,25 @@ def _whitening(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected none or a shrinkage >= 0, got {text!r}") from None
 
 
+def _train_tiles(text: str) -> int | None:
+    """``all`` (None) or a number of train tiles per fold, for ``--train-tiles``."""
+    if text.lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tiles or all, got {text!r}") from None
+
+
 def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
     p = sub.add_parser(
         "evaluate", help="probe frozen embeddings on the downstream tasks against baselines",
         description="Fit linear and MLP probes on frozen tile embeddings of each checkpoint and of "
         "the baselines (Dummy, TagPool, TagCount, untrained model, image-only model), on the same "
         "spatial folds, for the masked (headline) and unmasked inputs of each task. Writes runs.csv, "
-        "results.md, health.csv (collapse indicators of every feature), settings.json and one "
-        "plot per task to --out.",
+        "results.md, health.csv (collapse indicators of every feature), predictions.parquet, "
+        "settings.json and one plot per task to --out; with several --train-tiles sizes, one "
+        "such report per size and the learning curve.",
     )
     p.set_defaults(func=_run_evaluate)
     if not full:  # the defaults come from modules that import torch
@@ -282,9 +293,11 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    "larger: milder), chosen per fit on the validation rows; with `none` in the list, a fold "
                    "with no more train rows than feature columns fits `none` alone (default "
                    f"{' '.join('none' if w is None else f'{w:g}' for w in d.whitening)})")
-    p.add_argument("--train-tiles", type=int, default=None, metavar="N",
+    p.add_argument("--train-tiles", nargs="+", type=_train_tiles, default=[None], metavar="N|all",
                    help="label efficiency: fit every probe and baseline on N of each fold's train "
-                   "tiles, drawn at random per fold (validation and test tiles stay whole; default: all)")
+                   "tiles, drawn at random per fold (validation and test tiles stay whole; default: "
+                   "all); several sizes (e.g. 10 20 40 all) write a learning curve: one report per "
+                   "size in OUT/train_N/ and OUT/learning_curve.md, .csv and a plot per task")
     p.add_argument("--best-replicate", action="store_true",
                    help="also report, for every checkpoint NAME with several replicates and for "
                    "its random initialisations, the replicate that probes best on the validation "
@@ -298,7 +311,7 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from geojepa.embed import Checkpoint, load_checkpoint
-    from geojepa.evaluate import EvalConfig, default_name, evaluate
+    from geojepa.evaluate import EvalConfig, default_name, evaluate, learning_curve
 
     named: dict[str, list[Checkpoint]] = {}
     for name, path in args.checkpoint:
@@ -315,12 +328,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                         seed=args.seed, layers=args.layers, pool=args.pool,
                         best_replicate=args.best_replicate,
                         one_replicate=args.one_replicate, whitening=tuple(args.whitening),
-                        train_tiles=args.train_tiles)
+                        train_tiles=args.train_tiles[0])
     select = dict(args.select)
     if len(select) < len(args.select):
         raise GeoJepaError("two selections have the same NAME")
-    paths = evaluate(named, args.dataset, args.out, config, overwrite=args.overwrite, select=select)
-    print(paths["results"].read_text())
+    if len(args.train_tiles) > 1:
+        paths = learning_curve(named, args.dataset, args.out, args.train_tiles, config,
+                               overwrite=args.overwrite, select=select)
+        print(paths["learning_curve.md"].read_text())
+    else:
+        paths = evaluate(named, args.dataset, args.out, config, overwrite=args.overwrite, select=select)
+        print(paths["results"].read_text())
     print(f"report written to {args.out}")
     return 0
 

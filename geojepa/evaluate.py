@@ -13,7 +13,8 @@ method, probes are fitted on the same spatial folds:
   optionally repeated with other assignments of the groups to folds;
   protocol ``split``: the dataset's stored train/val/test split, one fold (for large datasets);
   optionally (label efficiency) every fold's train tiles cut to a random few, the same for every
-  method;
+  method, or to several sizes in turn for a learning curve (:func:`learning_curve`; the
+  embeddings are computed once);
 * probes: linear (ridge / logistic) and MLP (several seeds); count tasks are fitted in log space;
 * checkpoint selection (optional): a model that takes, per task, fold and replicate, whichever of
   several checkpoints (e.g. epochs of one run) scored best on the fold's validation rows - the
@@ -68,7 +69,7 @@ from geojepa.probes import (
     fit_set,
     grouped_folds,
 )
-from geojepa.report import VARIANTS, write_report
+from geojepa.report import CURVE_COLUMN, VARIANTS, write_curve, write_report
 from geojepa.tasks import (
     LABELS_NAME,
     TASKS,
@@ -240,11 +241,142 @@ def evaluate(
         GeoJepaError: Bad settings, missing files, or too few spatial groups for the folds.
     """
     config = config or EvalConfig()
+    inputs = _prepare(checkpoints, dataset, out, config, overwrite, progress, select)
+    out = Path(out)
+    with atomic_folder(out, overwrite) as tmp:
+        _report(inputs, config, tmp, {}, progress)
+    return {p.stem: out / p.name for p in out.iterdir()}
+
+
+def learning_curve(
+    checkpoints: dict[str, CheckpointLike | Sequence[CheckpointLike]],
+    dataset: str | Path,
+    out: str | Path,
+    sizes: Sequence[int | None],
+    config: EvalConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    select: dict[str, Sequence[str]] | None = None,
+) -> dict[str, Path]:
+    """Evaluate at several numbers of labelled train tiles per fold: the label efficiency of
+    every method, on the same folds, probes and baselines.
+
+    Each size is an evaluation of its own (``config`` with ``train_tiles`` set to it), whose
+    full report goes to ``out/train_<size>/``; the embeddings are computed once for all of
+    them. ``out`` also holds the curve: ``learning_curve.md`` (per variant and task, the mean
+    test score of every method and probe at each size, and its paired wins over the
+    baselines), ``learning_curve.csv``, ``learning_curve_<task>.png`` and ``settings.json``
+    (see :func:`geojepa.report.write_curve`).
+
+    Args:
+        checkpoints: As for :func:`evaluate`.
+        dataset: As for :func:`evaluate`.
+        out: Output folder.
+        sizes: Train tiles per fold, at least two distinct; None: all of them. Each is drawn
+            at random per fold, independently of the other sizes (:func:`fewer_train_tiles`).
+        config: Settings; its ``train_tiles`` is replaced by each size in turn.
+        overwrite: Replace an existing output folder.
+        progress: Show progress.
+        select: As for :func:`evaluate`.
+
+    Returns:
+        The curve's files and the size folders (``train_10``, ``train_all``) by name.
+
+    Raises:
+        GeoJepaError: Fewer than two distinct sizes, a size under :data:`MIN_TRAIN_TILES`, or
+            any error of :func:`evaluate`.
+    """
+    config = config or EvalConfig()
+    sizes = curve_sizes(sizes)
+    inputs = _prepare(checkpoints, dataset, out, config, overwrite, progress, select)
+    out = Path(out)
+    cache: _FeatureCache = {}
+    tables = []
+    with atomic_folder(out, overwrite) as tmp:
+        for n in sizes:
+            label = size_label(n)
+            table = _report(inputs, replace(config, train_tiles=n), tmp / f"train_{label}", cache, progress)
+            tables.append(table.assign(**{CURVE_COLUMN: label}))
+        whole = replace(config, train_tiles=None)
+        protocol, folds = _folds(inputs.ds, inputs.labels, whole)
+        notes = [*_notes(inputs.loaded, inputs.ds, inputs.labels, folds, protocol, whole),
+                 _curve_note(sizes, config.seed)]
+        settings = {**inputs.settings(protocol, whole), "train_tiles": list(sizes)}
+        write_curve(pd.concat(tables, ignore_index=True), tmp, f"Learning curve: {inputs.title}",
+                    notes, settings)
+    return {p.name: out / p.name for p in out.iterdir()}
+
+
+def curve_sizes(sizes: Sequence[int | None]) -> list[int | None]:
+    """The sizes of :func:`learning_curve`, smallest first, all of them (None) last.
+
+    Raises:
+        GeoJepaError: Fewer than two distinct sizes, or one under :data:`MIN_TRAIN_TILES`.
+    """
+    small = [n for n in sizes if n is not None and n < MIN_TRAIN_TILES]
+    if small:
+        raise GeoJepaError(f"train_tiles must be at least {MIN_TRAIN_TILES}, got {small[0]}")
+    distinct = sorted(set(sizes), key=lambda n: (n is None, n or 0))
+    if len(distinct) < 2 or len(distinct) < len(sizes):
+        raise GeoJepaError("a learning curve needs two or more distinct train-tile sizes")
+    return distinct
+
+
+def size_label(n: int | None) -> str:
+    """A size of :func:`learning_curve` as its report names it: the number, or ``all``."""
+    return "all" if n is None else str(n)
+
+
+def _curve_note(sizes: Sequence[int | None], seed: int) -> str:
+    """The learning curve's note on its columns."""
+    named = ", ".join(size_label(n) for n in sizes)
+    return (f"Learning curve: each column ({named}) fits every probe and baseline on that many "
+            f"of each fold's train tiles (`all`: every one), drawn at random per fold (seed "
+            f"{seed}; each size drawn on its own, not nested), with the fold's whole validation "
+            "and test tiles; a fold with fewer train tiles fits them all. `train_<size>/` holds "
+            "each column's full report: fold scores, paired tests, test predictions, embedding "
+            "health.")
+
+
+@dataclass
+class _Inputs:
+    """What every report of one call shares: the dataset, its labels, the checkpoints and the
+    methods built from them."""
+
+    dataset: Path
+    ds: TileDataset
+    labels: pd.DataFrame
+    loaded: dict[str, list[Checkpoint]]
+    methods: list[Method]
+    select: dict[str, list[str]]
+
+    @property
+    def title(self) -> str:
+        """The report title's dataset part."""
+        return f"{self.dataset.name} (zoom {self.ds.manifest.zoom}, {len(self.labels)} tiles)"
+
+    def settings(self, protocol: str, config: EvalConfig) -> dict[str, Any]:
+        """The settings a report records."""
+        files = {k: [c.path and str(c.path.resolve()) for c in cs] for k, cs in self.loaded.items()}
+        return {"dataset": str(self.dataset.resolve()), "protocol": protocol, **asdict(config),
+                "select": self.select, "checkpoints": files}
+
+
+_FeatureCache = dict[tuple[str, int, Path], tuple[Features, dict[str, Any]]]
+"""Features of a method replicate on an input dataset, with their embedding health."""
+
+
+def _prepare(
+    checkpoints: dict[str, CheckpointLike | Sequence[CheckpointLike]], dataset: str | Path,
+    out: str | Path, config: EvalConfig, overwrite: bool, progress: bool,
+    select: dict[str, Sequence[str]] | None,
+) -> _Inputs:
+    """Check the settings and the output folder, load the checkpoints and the labels (building
+    the tasks first when needed) and list the methods."""
     config.validate()
-    select = {name: list(candidates) for name, candidates in (select or {}).items()}
-    _check_selections(select, checkpoints)
-    kept = [choice for choice, on in zip(REPLICATE_CHOICES, (config.best_replicate, config.one_replicate),
-                                         strict=True) if on]
+    chosen = {name: list(candidates) for name, candidates in (select or {}).items()}
+    _check_selections(chosen, checkpoints)
+    kept = _replicate_choices(config)
     if kept and not any(len(_replicates(c)) > 1 for c in checkpoints.values()):
         raise GeoJepaError(f"{kept[0][1].removeprefix(', ')} needs a checkpoint name given two or "
                            "more replicates")
@@ -258,33 +390,47 @@ def evaluate(
     if not (tasks_folder(dataset) / LABELS_NAME).is_file():
         build_tasks(dataset, progress=progress)
     labels = load_labels(dataset).to_pandas()
-    protocol, folds = _folds(ds, labels, config)
-    methods = _methods(loaded, ds, config)
+    return _Inputs(dataset, ds, labels, loaded, _methods(loaded, ds, config), chosen)
+
+
+def _replicate_choices(config: EvalConfig) -> list[tuple[bool, str, str]]:
+    """The :data:`REPLICATE_CHOICES` that ``config`` asks for."""
+    return [choice for choice, on in zip(REPLICATE_CHOICES, (config.best_replicate, config.one_replicate),
+                                         strict=True) if on]
+
+
+def _report(inputs: _Inputs, config: EvalConfig, out: Path, cache: _FeatureCache,
+            progress: bool) -> pd.DataFrame:
+    """Fit every probe under ``config`` and write the report into ``out``; ``cache`` keeps the
+    features for later reports of the same inputs.
+
+    Returns:
+        The runs, one row per probe run (without their test predictions).
+    """
+    kept = _replicate_choices(config)
+    protocol, folds = _folds(inputs.ds, inputs.labels, config)
     tasks = select_tasks(config.tasks)
-    runs, health = _run_all(methods, tasks, labels, folds, dataset, config, progress)
+    runs, health = _run_all(inputs.methods, tasks, inputs.labels, folds, inputs.dataset, config,
+                            cache, progress)
     table = pd.DataFrame(runs)
     table = pd.concat([table, *(select_on_validation(table, name, candidates)
-                                for name, candidates in select.items())], ignore_index=True)
+                                for name, candidates in inputs.select.items())], ignore_index=True)
     several = replicated_methods(table) if kept else []
     table = pd.concat([table, *(best_replicate(table, method, f"{method}{suffix}", across)
                                 for across, suffix, _ in kept for method in several)], ignore_index=True)
-    gz, parents = _parent_tiles(ds, labels, config.group_zoom)
-    predictions = prediction_table(table, labels, folds, [f"{gz}/{x}/{y}" for x, y in parents])
+    gz, parents = _parent_tiles(inputs.ds, inputs.labels, config.group_zoom)
+    predictions = prediction_table(table, inputs.labels, folds, [f"{gz}/{x}/{y}" for x, y in parents])
     table = table.drop(columns="predictions")
-    notes = _notes(loaded, ds, labels, folds, protocol, config)
+    notes = _notes(inputs.loaded, inputs.ds, inputs.labels, folds, protocol, config)
     notes += [f"{name}: per task, fold and replicate, whichever of {', '.join(candidates)} scored "
               "best on the fold's validation rows (never its test rows); `selected` in runs.csv "
-              "names it." for name, candidates in select.items()]
+              "names it." for name, candidates in inputs.select.items()]
     notes += [note for _, _, note in kept] if several else []
-    files = {k: [c.path and str(c.path.resolve()) for c in cs] for k, cs in loaded.items()}
-    notes += deployed_notes(table, files) if several and config.one_replicate else []
-    settings = {"dataset": str(dataset.resolve()), "protocol": protocol, **asdict(config),
-                "select": select, "checkpoints": files}
-    title = f"GeoJEPA downstream evaluation: {dataset.name} (zoom {ds.manifest.zoom}, {len(labels)} tiles)"
-    with atomic_folder(out, overwrite) as tmp:
-        write_report(table, tmp, title, notes, settings,
-                     pd.DataFrame(health) if health else None, predictions)
-    return {p.stem: out / p.name for p in out.iterdir()}
+    settings = inputs.settings(protocol, config)
+    notes += deployed_notes(table, settings["checkpoints"]) if several and config.one_replicate else []
+    write_report(table, out, f"GeoJEPA downstream evaluation: {inputs.title}", notes, settings,
+                 pd.DataFrame(health) if health else None, predictions)
+    return table
 
 
 SELECTION_KEYS = ["task", "variant", "probe", "fold", "replicate"]
@@ -612,17 +758,18 @@ def _initial_weights(ckpt: Checkpoint) -> str:
 
 def _run_all(
     methods: list[Method], tasks: list[Task], labels: pd.DataFrame, folds: list[Fold],
-    dataset: Path, config: EvalConfig, progress: bool,
+    dataset: Path, config: EvalConfig, cache: _FeatureCache, progress: bool,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Fit every probe; tile features are computed once per method and input dataset, token
-    embeddings (for the set probe) once per method and task, and dropped after it.
+    """Fit every probe; tile features are computed once per method and input dataset (kept in
+    ``cache``), token embeddings (for the set probe) once per method and task, and dropped
+    after it.
 
     Returns:
         One row per probe run, and the embedding health of every method's features on every
         input dataset.
     """
-    cache: dict[tuple[str, int, Path], Features] = {}
     health: list[dict[str, Any]] = []
+    reported: set[tuple[str, int, Path]] = set()
     need_tokens = "set" in config.probes
     fits_per_fold = sum(_probe_runs(config, m) for m in methods)
     total = len(tasks) * len(config.variants) * len(folds) * fits_per_fold
@@ -642,15 +789,17 @@ def _run_all(
                     if method.features is not None:
                         key = (method.name, method.replicate, source)
                         tokens = need_tokens and method.tokens
-                        if key not in cache or (tokens and cache[key].tokens is None):
-                            fresh = key not in cache
-                            cache[key] = _checked(method.features(source, tokens), len(y), source)
-                            if fresh:
-                                health.append({"method": method.name, "replicate": method.replicate,
-                                               "input": input_name,
-                                               **embedding_health(cache[key].tile)})
-                        x = cache[key]
-                        cache[key] = Features(x.tile)  # tokens are big: keep them for this fit only
+                        if key not in cache or (tokens and cache[key][0].tokens is None):
+                            x = _checked(method.features(source, tokens), len(y), source)
+                            stats = cache[key][1] if key in cache else {
+                                "method": method.name, "replicate": method.replicate,
+                                "input": input_name, **embedding_health(x.tile)}
+                            cache[key] = (x, stats)
+                        x, stats = cache[key]
+                        if key not in reported:
+                            reported.add(key)
+                            health.append(stats)
+                        cache[key] = (Features(x.tile), stats)  # tokens are big: keep them for this fit only
                     with _one_thread():
                         rows = _fit_method(method, x, y, task, folds, config)
                     for row in rows:

@@ -648,6 +648,14 @@ def health_table(health: pd.DataFrame) -> list[str]:
     return lines + _table(["method", "input", "dims", "effective rank", "mean cosine"], body)
 
 
+def _plotted(runs: pd.DataFrame, task: str) -> tuple[pd.DataFrame, str]:
+    """The runs of the task a plot shows, and its metric's name; ValueError if it has none."""
+    runs = runs[runs["task"] == task]
+    if runs.empty:
+        raise ValueError(f"no runs of task {task!r}")
+    return runs, "test error rate" if (runs["kind"] == "binary").any() else "test MAE"
+
+
 def plot_task(runs: pd.DataFrame, task: str, path: Path) -> None:
     """Plot the fold scores of every probe on one task, one panel per variant, as a PNG.
 
@@ -663,13 +671,9 @@ def plot_task(runs: pd.DataFrame, task: str, path: Path) -> None:
         ValueError: If there are no runs of ``task``, or ``runs`` lacks a column or has an
             unknown variant or role.
     """
-    runs = runs[runs["task"] == task]
-    if runs.empty:
-        raise ValueError(f"no runs of task {task!r}")
+    runs, metric = _plotted(runs, task)
     scores = fold_scores(runs)
     summary = summarise(runs)
-    binary = bool((runs["kind"] == "binary").any())
-    metric = "test error rate" if binary else "test MAE"
     variants = [variant for variant in VARIANTS if (summary["variant"] == variant).any()]
     height = max(len(_ordered_rows(summary[summary["variant"] == v])) for v in variants)
     figure = Figure(figsize=(6.0 * len(variants), 1.2 + 0.45 * height), layout="constrained")
@@ -753,4 +757,185 @@ def write_report(
     for task in dict.fromkeys(runs["task"]):
         path = paths[f"plot_{task}"] = out_dir / f"plot_{task}.png"
         atomic_file(path, lambda tmp, task=task: plot_task(runs, task, tmp))
+    return paths
+
+
+CURVE_COLUMN = "train_tiles"
+"""Column of a learning curve's runs naming the train tiles per fold each run was fitted on
+(``"10"``, ``"all"``); the runs also need ``n_train``, the train tiles of each fold."""
+
+
+def _size_headers(runs: pd.DataFrame) -> dict[str, str]:
+    """Each size of a learning curve's runs -> its column header, with the train tiles its
+    folds fitted (fewer than the size where a fold had fewer)."""
+    headers = {}
+    for size, rows in runs.groupby(CURVE_COLUMN, sort=False):
+        low, high = int(rows["n_train"].min()), int(rows["n_train"].max())
+        tiles = f"{low}" if low == high else f"{low}-{high}"
+        if size == "all":
+            headers[size] = f"all ({tiles} tiles)"
+        else:
+            headers[str(size)] = f"{tiles} tiles" if low == high else f"≤{size} ({tiles} tiles)"
+    return headers
+
+
+def _by_size(runs: pd.DataFrame, task: str) -> pd.DataFrame:
+    """A learning curve's runs of one task with each run's size header in place of its task,
+    so the report's tables lay the sizes out as they lay out tasks."""
+    rows = runs[runs["task"] == task]
+    return rows.assign(task=rows[CURVE_COLUMN].astype(str).map(_size_headers(rows)))
+
+
+def curve_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread over folds at every size of a learning curve.
+
+    Args:
+        runs: One row per probe run, with :data:`CURVE_COLUMN` and ``n_train``.
+
+    Returns:
+        :func:`summarise` of each size in turn (in order of first appearance; the size in
+        column :data:`CURVE_COLUMN`), with ``n_train``, the mean train tiles per fold.
+
+    Raises:
+        ValueError: If ``runs`` lacks a column or has an unknown variant or role.
+    """
+    missing = [column for column in (CURVE_COLUMN, "n_train") if column not in runs.columns]
+    if missing:
+        raise ValueError(f"runs lack the columns {', '.join(missing)}")
+    parts = []
+    for size, rows in runs.groupby(CURVE_COLUMN, sort=False):
+        tiles = rows.groupby("fold")["n_train"].first().mean()
+        parts.append(summarise(rows).assign(**{CURVE_COLUMN: size, "n_train": tiles}))
+    summary = pd.concat(parts, ignore_index=True)
+    return summary[[*SUMMARY_KEYS, CURVE_COLUMN, "n_train", "mean", "std", "folds", "seeds", "constant_folds"]]
+
+
+def curve_markdown(runs: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
+    """The learning curve's report: per variant (masked first) and task, the mean ± std of
+    every method and probe at each size, and each model's paired wins over the others.
+
+    Args:
+        runs: One row per probe run, with :data:`CURVE_COLUMN` and ``n_train``.
+        title: Report title.
+        notes: Lines listed under the title.
+
+    Returns:
+        The report as Markdown text, ending with a newline.
+
+    Raises:
+        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role.
+    """
+    if runs.empty:
+        raise ValueError("no runs to report")
+    curve_summary(runs)  # checks the columns
+    lines = [f"# {title}", "", *(f"- {note}" for note in notes), "",
+             ("Columns: train tiles per fold. Cells: mean ± std over folds of the test MAE (binary "
+              "tasks: error rate; lower is better) of the fold score (mean over probe seeds and "
+              "pretraining replicates); **bold**: best in the column. Paired wins: folds on which "
+              "the model scores strictly lower than the other model or baseline / folds both have.")]
+    for variant in VARIANTS:
+        in_variant = runs[runs["variant"] == variant]
+        if in_variant.empty:
+            continue
+        lines += ["", f"## {SECTION_TITLES[variant]}"]
+        for task in dict.fromkeys(in_variant["task"]):
+            sized = _by_size(in_variant, task)
+            summary = summarise(sized)
+            columns = list(dict.fromkeys(sized["task"]))
+            metric = "error rate" if (sized["kind"] == "binary").any() else "MAE"
+            lines += ["", f"### {task}: test {metric}", "", *_scores_table(summary, columns)]
+            if (summary["role"] == "model").any():
+                lines += ["", "Paired wins:", "",
+                          *_curve_wins_table(summary, fold_scores(sized), variant, columns)]
+    return "\n".join(lines) + "\n"
+
+
+def _curve_wins_table(
+    summary: pd.DataFrame, scores: pd.DataFrame, variant: str, columns: Sequence[str]
+) -> list[str]:
+    """Lines of a learning curve's paired-wins table of one task: a row per model, probe and
+    other model or baseline (:func:`_pairs`), a column per size."""
+    body: list[list[str]] = []
+    for method, probe, per_column in _pairs(summary, columns):
+        others = dict.fromkeys(other for listed in per_column for other in listed or [])
+        for other in others:
+            line = [_label(method, probe), other]
+            for column, listed in zip(columns, per_column, strict=True):
+                wins, folds = _wins(scores, method, other, column, variant, probe)
+                line.append(f"{wins}/{folds}" if listed and other in listed else "—")
+            body.append(line)
+    return _table(["model", "against", *columns], body)
+
+
+def plot_curve(runs: pd.DataFrame, task: str, path: Path) -> None:
+    """Plot the learning curve of one task, one panel per variant, as a PNG: the mean test
+    score of every method and probe against the mean train tiles per fold (log scale); Dummy
+    dashed grey, baselines dotted. Needs no display.
+
+    Args:
+        runs: One row per probe run, with :data:`CURVE_COLUMN` and ``n_train``.
+        task: The task to plot.
+        path: Output PNG file (written as PNG whatever its suffix).
+
+    Raises:
+        ValueError: If there are no runs of ``task``, or ``runs`` lacks a column or has an
+            unknown variant or role.
+    """
+    runs, metric = _plotted(runs, task)
+    summary = curve_summary(runs)
+    variants = [variant for variant in VARIANTS if (summary["variant"] == variant).any()]
+    figure = Figure(figsize=(6.0 * len(variants), 4.5), layout="constrained")
+    axes = figure.subplots(1, len(variants), squeeze=False)[0]
+    for ax, variant in zip(axes, variants, strict=True):
+        in_variant = summary[summary["variant"] == variant]
+        for i, (method, role, probe) in enumerate(_ordered_rows(in_variant)):
+            line = in_variant[(in_variant["method"] == method) & (in_variant["probe"] == probe)]
+            colour, style = ("grey", "--") if probe == DUMMY_PROBE else (f"C{i % 10}", "-" if role == "model" else ":")
+            ax.plot(line["n_train"], line["mean"], marker="o", color=colour, linestyle=style,
+                    label=_label(method, probe))
+        ax.set_xscale("log")
+        ticks = sorted(set(in_variant["n_train"]))
+        ax.set_xticks(ticks, [f"{tick:.0f}" for tick in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("train tiles per fold (mean)")
+        ax.set_ylabel(f"{metric} (lower is better)")
+        ax.set_title(variant)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    figure.suptitle(f"{task}: learning curve")
+    figure.savefig(path, format="png", dpi=120)
+
+
+def write_curve(
+    runs: pd.DataFrame, out_dir: Path, title: str, notes: Sequence[str], settings: dict[str, Any],
+) -> dict[str, Path]:
+    """Write a learning curve into a folder, each file atomically: ``learning_curve.md``
+    (:func:`curve_markdown`), ``learning_curve.csv`` (:func:`curve_summary`), ``settings.json``
+    and ``learning_curve_<task>.png`` (:func:`plot_curve`).
+
+    Args:
+        runs: One row per probe run, with :data:`CURVE_COLUMN` and ``n_train``.
+        out_dir: Output folder, created if missing.
+        title: Report title.
+        notes: Lines listed under the title.
+        settings: Settings to record.
+
+    Returns:
+        The written paths by file name.
+
+    Raises:
+        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role.
+    """
+    markdown = curve_markdown(runs, title, notes)
+    summary = curve_summary(runs)
+    settings_text = json.dumps(settings, sort_keys=True, indent=2, default=str) + "\n"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in ("learning_curve.md", "learning_curve.csv", "settings.json")}
+    atomic_file(paths["learning_curve.md"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
+    atomic_file(paths["learning_curve.csv"], lambda tmp: summary.to_csv(tmp, index=False))
+    atomic_file(paths["settings.json"], lambda tmp: tmp.write_text(settings_text, encoding="utf-8"))
+    for task in dict.fromkeys(runs["task"]):
+        path = paths[f"learning_curve_{task}.png"] = out_dir / f"learning_curve_{task}.png"
+        atomic_file(path, lambda tmp, task=task: plot_curve(runs, task, tmp))
     return paths

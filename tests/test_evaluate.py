@@ -244,9 +244,9 @@ def test_fewer_train_tiles_draw_a_seeded_subset_and_keep_validation_and_test() -
 
 
 def test_cli_train_tiles_fit_every_method_on_the_same_few_tiles(
-    helsinki: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    helsinki: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    args = _building_count_cli(helsinki)
+    args = [*_building_count_cli(helsinki), "--checkpoint", str(checkpoint)]
     assert main([*args, "-o", str(tmp_path / "all")]) == 0
     assert main([*args, "-o", str(tmp_path / "few"), "--train-tiles", "8"]) == 0
     full, few = (pd.read_csv(tmp_path / name / "runs.csv") for name in ("all", "few"))
@@ -262,9 +262,36 @@ def test_cli_train_tiles_fit_every_method_on_the_same_few_tiles(
     assert set(predictions.loc[predictions["method"] == "Dummy", "prediction"]) == medians
     assert "fitted on at most 8 of each fold's train tiles" in (tmp_path / "few" / "results.md").read_text()
     assert json.loads((tmp_path / "few" / "settings.json").read_text())["train_tiles"] == 8
-    capsys.readouterr()
-    assert main([*args, "-o", str(tmp_path / "bad"), "--train-tiles", "2"]) == 2
-    assert "train_tiles must be at least 5" in capsys.readouterr().err
+
+    # several sizes: one report per size, the same as evaluating each alone, and the curve
+    assert main([*args, "-o", str(tmp_path / "curve"), "--train-tiles", "all", "8"]) == 0
+    curve = tmp_path / "curve"
+    assert {p.name for p in curve.iterdir()} == {
+        "train_8", "train_all", "learning_curve.md", "learning_curve.csv", "settings.json",
+        "learning_curve_building_count.png"}
+    for size, alone in (("8", "few"), ("all", "all")):
+        for name in ("runs.csv", "results.md", "health.csv"):  # embeddings shared, health per report
+            assert (curve / f"train_{size}" / name).read_text() == (tmp_path / alone / name).read_text()
+    summary = pd.read_csv(curve / "learning_curve.csv", dtype={"train_tiles": str})
+    assert summary["train_tiles"].drop_duplicates().tolist() == ["8", "all"]  # smallest first
+    for size, runs in (("8", few), ("all", full)):
+        at = summary[summary["train_tiles"] == size].set_index(["method", "probe"])
+        means = runs.groupby(["method", "probe", "fold"])["metric"].mean().groupby(["method", "probe"]).mean()
+        assert np.allclose(at["mean"].sort_index(), means.sort_index())
+        assert np.allclose(at["n_train"], runs.groupby("fold")["n_train"].first().mean())
+    text = (curve / "learning_curve.md").read_text()
+    assert "### building_count: test MAE" in text and "| 8 tiles | all (" in text
+    assert "| GeoJEPA-T (linear) | TagCount | " in text and "**transductive**" in text
+    assert json.loads((curve / "settings.json").read_text())["train_tiles"] == [8, None]
+    assert "each size drawn on its own" in capsys.readouterr().out  # the curve is printed
+
+    for bad, message in ((["2"], "train_tiles must be at least 5"), (["8", "3"], "at least 5"),
+                         (["8", "8"], "two or more distinct")):
+        assert main([*args, "-o", str(tmp_path / "bad"), "--train-tiles", *bad]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "-o", str(tmp_path / "bad"), "--train-tiles", "ten"])
+    assert "expected a number of tiles or all" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

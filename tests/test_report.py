@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 
 from geojepa.report import (
+    CURVE_COLUMN,
     SIGN_FLIP_DRAWS,
+    curve_markdown,
+    curve_summary,
     fold_scores,
     holm,
     markdown_report,
@@ -20,6 +23,7 @@ from geojepa.report import (
     plot_task,
     sign_flip_p,
     summarise,
+    write_curve,
     write_report,
 )
 
@@ -421,3 +425,49 @@ def test_report_with_predictions_adds_paired_tests_and_writes_them(tmp_path: Pat
     pd.testing.assert_frame_equal(back, predictions, check_dtype=False)
     with pytest.raises(ValueError, match="group"):
         markdown_report(runs, "t", NOTES, predictions=predictions.drop(columns="group"))
+
+
+def make_curve() -> pd.DataFrame:
+    """The planned runs at two sizes: 10 train tiles per fold (fold 2 has only 8), where the
+    model's errors are 10 higher, and all 80."""
+    full = make_runs().assign(**{CURVE_COLUMN: "all"})
+    few = make_runs().assign(**{CURVE_COLUMN: "10"})
+    few["n_train"] = np.where(few["fold"] == 2, 8, 10)
+    few.loc[few["role"] == "model", "metric"] += 10.0
+    return pd.concat([few, full], ignore_index=True)
+
+
+def test_learning_curve_lays_the_sizes_out_as_columns(tmp_path: Path) -> None:
+    runs = make_curve()
+    summary = curve_summary(runs)
+    assert summary[CURVE_COLUMN].drop_duplicates().tolist() == ["10", "all"]
+    for size in ("10", "all"):  # each size is the ordinary summary of its runs
+        expected = summarise(runs[runs[CURVE_COLUMN] == size])
+        got = summary[summary[CURVE_COLUMN] == size].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got[expected.columns], expected)
+    assert set(summary.loc[summary[CURVE_COLUMN] == "10", "n_train"]) == {28 / 3}
+    assert set(summary.loc[summary[CURVE_COLUMN] == "all", "n_train"]) == {80}
+
+    text = curve_markdown(runs, "curve", NOTES)
+    masked = text.index("## Masked")
+    unmasked = text.index("## Unmasked")
+    assert masked < text.index("### building_count: test MAE") < text.index("### bridge: test error rate") < unmasked
+    header = "| model | ≤10 (8-10 tiles) | all (80 tiles) |"
+    assert header in text
+    # linear building_count: 25 ± 5 with all tiles, 35 ± 5 with 10; Dummy the same at both
+    assert table_row(text, "GeoJEPA-T (linear)", masked) == ["35.0 ± 5.0", "25.0 ± 5.0"]
+    assert table_row(text, "Dummy", masked) == ["32.0 ± 2.0", "32.0 ± 2.0"]
+    wins = text.index("Paired wins:", masked)
+    assert table_row(text, "GeoJEPA-T (linear)", wins) == ["Dummy", "0/3", "3/3"]
+    assert "| GeoJEPA-T (linear) | TagPool | 0/3 | 1/3 |" in text
+
+    paths = write_curve(runs, tmp_path / "curve", "curve", NOTES, {"train_tiles": [10, None]})
+    names = {"learning_curve.md", "learning_curve.csv", "settings.json",
+             "learning_curve_building_count.png", "learning_curve_bridge.png"}
+    assert set(paths) == names and {p.name for p in (tmp_path / "curve").iterdir()} == names
+    assert paths["learning_curve.md"].read_text(encoding="utf-8") == text
+    assert paths["learning_curve_bridge.png"].read_bytes().startswith(PNG_SIGNATURE)
+    back = pd.read_csv(paths["learning_curve.csv"], dtype={CURVE_COLUMN: str})
+    pd.testing.assert_frame_equal(back, summary, check_dtype=False)
+    with pytest.raises(ValueError, match=CURVE_COLUMN):
+        curve_summary(runs.drop(columns=CURVE_COLUMN))
