@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import rasterio
@@ -155,7 +155,7 @@ class ImagerySource(ABC):
     def close(self) -> None:
         """Release open files; the source reopens them if it is used again."""
 
-    def __enter__(self) -> ImagerySource:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -172,7 +172,7 @@ class _Inline(Executor):
         future: Future = Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except BaseException as err:  # handed to the caller through the future
+        except BaseException as err:  # noqa: BLE001 - handed to the caller through the future
             future.set_exception(err)
         return future
 

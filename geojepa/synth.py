@@ -79,6 +79,7 @@ ground-truth ``counts``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -86,7 +87,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import osmium
@@ -637,7 +638,7 @@ def _chunks(ids: list[int], limit: int = MAX_WAY_NODES) -> list[list[int]]:
 
 
 def _utm_epsg(lon: float, lat: float) -> int:
-    zone = int(math.floor((lon + 180.0) / 6.0)) % 60 + 1
+    zone = math.floor((lon + 180.0) / 6.0) % 60 + 1
     return (32600 if lat >= 0 else 32700) + zone
 
 
@@ -717,7 +718,7 @@ def _signalised_junctions(
 
 
 
-def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa: C901
+def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
     """Generate the whole city in memory (geometry in local metres, tags, image shapes)."""
     _validate(config)
     S = config.size_km * 1000.0
@@ -731,7 +732,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
 
     # ---- street grid ------------------------------------------------------------------------
     def line_positions() -> FloatArray:
-        n = max(2, int(round(S / config.block_size_m)))
+        n = max(2, round(S / config.block_size_m))
         d = 1.0 + config.block_jitter * rng_grid.uniform(-1.0, 1.0, n)
         pos = np.concatenate([[0.0], np.cumsum(d / d.sum() * S)])
         pos[-1] = S
@@ -796,7 +797,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
 
     # ---- districts ----------------------------------------------------------------------------
     D = config.district_size_m
-    ng = int(math.ceil(S / D)) + 1
+    ng = math.ceil(S / D) + 1
     gx, gy = np.meshgrid(np.arange(ng), np.arange(ng), indexing="ij")
     sx = (gx + rng_district.uniform(0.1, 0.9, gx.shape)) * D
     sy = (gy + rng_district.uniform(0.1, 0.9, gy.shape)) * D
@@ -1036,7 +1037,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
         """
         out = piece[:1]
         half = ROAD_WIDTH_M[cls] / 2.0
-        for a, b in zip(piece[:-1], piece[1:]):
+        for a, b in itertools.pairwise(piece):
             (ca, ka), (cb, kb) = where[a], where[b]
             extra: list[tuple[float, str]] = []
             if cb - ca > 3 * SIGNAL_SETBACK_M:
@@ -1099,7 +1100,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
     bridge_ways = car_bridge_ways = foot_bridge_ways = 0
 
     def add_segments(ids: list[int], cls: int, bridge: bool) -> None:
-        for a, b in zip(ids[:-1], ids[1:]):
+        for a, b in itertools.pairwise(ids):
             segs.append((*pos(a), *pos(b), cls, bridge))
 
     for i in range(nx):
@@ -1155,7 +1156,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                 ways.append((road, road_tags(cls, name)))
                 line_ways[key].append(len(ways) - 1)
                 add_segments(road, cls, False)
-                line_segments[key].extend(zip(piece[:-1], piece[1:]))
+                line_segments[key].extend(itertools.pairwise(piece))
         if crossing[i] != "car":
             line_ways[key] = []  # a bus route needs a continuous street
 
@@ -1185,7 +1186,7 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:  # noqa:
                 if len(runs_h) == 1:
                     line_ways[key].append(len(ways) - 1)
                 add_segments(road, cls, False)
-                line_segments[key].extend(zip(piece[:-1], piece[1:]))
+                line_segments[key].extend(itertools.pairwise(piece))
 
     for i, j in alley_cells:
         y = alley_y[(i, j)]
@@ -1663,15 +1664,20 @@ class _Progress:
         self._progress: Any = None
         if enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._progress = Progress(
                 TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), console=Console(stderr=True),
             )
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> Self:
         if self._progress is not None:
             self._progress.start()
         return self
@@ -1793,8 +1799,8 @@ def _image_grid(city: _City) -> tuple[float, float, int, int]:
     ox, oy = city.origin
     ux0 = math.floor((ox - IMAGE_MARGIN_M) / px) * px
     uy1 = math.ceil((oy + city.size_m + IMAGE_MARGIN_M) / px) * px
-    width = int(math.ceil((ox + city.size_m + IMAGE_MARGIN_M - ux0) / px))
-    height = int(math.ceil((uy1 - (oy - IMAGE_MARGIN_M)) / px))
+    width = math.ceil((ox + city.size_m + IMAGE_MARGIN_M - ux0) / px)
+    height = math.ceil((uy1 - (oy - IMAGE_MARGIN_M)) / px)
     return ux0 - ox, uy1 - oy, width, height
 
 
@@ -1861,7 +1867,7 @@ def _write_image(city: _City, path: Path, progress: _Progress) -> None:
     px = city.config.pixel_size_m
     x0, y1, width, height = _image_grid(city)
     ox, oy = city.origin
-    cell = max(2, int(round(8.0 / px)))
+    cell = max(2, round(8.0 / px))
     tile = cell * 4 * max(1, round(2048 / (cell * 4)))  # window = texture period
     block = 512 if min(width, height) >= 1024 else 256
     profile = {

@@ -65,7 +65,7 @@ class Tile:
 
     def size_m(self) -> float:
         """Return the ground side length of the tile in metres, at its centre latitude."""
-        west, south, east, north = self.bounds_lonlat()
+        _west, south, _east, north = self.bounds_lonlat()
         return tile_size_m(self.z, (south + north) / 2.0)
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
+from pyarrow import ipc
 
 from geojepa.dataset.schema import ENTITY_TYPE, SPLITS, TILE_SCHEMA, VOCAB_SCHEMA
 from geojepa.osm import GROUP

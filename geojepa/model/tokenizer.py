@@ -331,7 +331,7 @@ def load_frozen_backbone(path: Path, image_size: int = 224) -> FrozenBackbone:
             module = torch.export.load(str(path)).module()
         else:
             module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - loaders raise many types for a bad file
+    except Exception as err:  # loaders raise many types for a bad file
         kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript module"
         raise GeoJepaError(f"not a {kind} ({err})", path) from err
     try:
