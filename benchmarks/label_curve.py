@@ -11,6 +11,11 @@ on ``n`` train tiles drawn at random from each fold's train tiles (``geojepa eva
 --train-tiles n --seed d`` for draws ``d = 0, 1, ...``; and all of them), scored on the fold's full test tiles, for the checkpoint's tile embeddings, its
 random initialisation's and TagPool's features, all on the masked input.
 
+``geojepa evaluate --train-tiles 10 20 30 40 all`` now draws such curves for any checkpoints,
+probes and baselines in one run (one draw per fold and size; more with ``--repeats``); this
+script keeps its own design, several draws per size on the same folds, which made the
+committed files.
+
 Run by hand from the repository root (venv active; about 14 minutes on the 8 km city's 2,858
 tiles, most of it embedding with the base model, 4 on Helsinki's 95):
 
