@@ -13,7 +13,7 @@ method, probes are fitted on the same spatial folds:
   optionally repeated with other assignments of the groups to folds;
   protocol ``split``: the dataset's stored train/val/test split, one fold (for large datasets);
   optionally (label efficiency) every fold's train tiles cut to a random few, the same for every
-  method, or to several sizes in turn for a learning curve (:func:`learning_curve`; the
+  method, or to several sizes in turn for a learning curve (:func:`learning_curve`; the tile
   embeddings are computed once);
 * probes: linear (ridge / logistic) and MLP (several seeds); count tasks are fitted in log space;
 * checkpoint selection (optional): a model that takes, per task, fold and replicate, whichever of
@@ -262,8 +262,8 @@ def learning_curve(
     every method, on the same folds, probes and baselines.
 
     Each size is an evaluation of its own (``config`` with ``train_tiles`` set to it), whose
-    full report goes to ``out/train_<size>/``; the embeddings are computed once for all of
-    them. ``out`` also holds the curve: ``learning_curve.md`` (per variant and task, the mean
+    full report goes to ``out/train_<size>/``; the tile embeddings are computed once for all
+    of them (the set probe's token embeddings once per size and task). ``out`` also holds the curve: ``learning_curve.md`` (per variant and task, the mean
     test score of every method and probe at each size, and its paired wins over the
     baselines), ``learning_curve.csv``, ``learning_curve_<task>.png`` and ``settings.json``
     (see :func:`geojepa.report.write_curve`).
