@@ -199,6 +199,14 @@ def _checkpoint_spec(text: str) -> tuple[str | None, Path]:
     return (name, Path(path)) if sep and name and not Path(text).exists() else (None, Path(text))
 
 
+def _embeddings_spec(text: str) -> tuple[str, Path]:
+    """``NAME=PATH``: tile embeddings another tool made, evaluated as a model."""
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
 def _selection_spec(text: str) -> tuple[str, list[str]]:
     """``NAME=A,B,...``: a model choosing among the checkpoints named A, B, ... on validation."""
     name, sep, candidates = text.partition("=")
@@ -255,6 +263,12 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    metavar="NAME=A,B,...", help="add a model NAME that takes, per task, fold and "
                    "replicate, whichever of the checkpoints named A, B, ... (e.g. epochs of one "
                    "run) probes best on the validation rows; the test rows choose nothing")
+    p.add_argument("--embeddings", action="append", default=[], type=_embeddings_spec,
+                   metavar="NAME=PATH", help="evaluate tile embeddings another tool made as a "
+                   "model NAME: a Parquet file with integer columns x, y (the tile at the "
+                   "dataset's zoom) and a list column `embedding` (or numeric columns), for the "
+                   "unmasked input; or a folder with unmasked.parquet and masked/<mask>.parquet, "
+                   "each made from DATASET/tasks/masked/<mask>/ alone (repeat for several)")
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("-o", "--out", type=Path, required=True, help="report folder")
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(d.tasks))
@@ -329,15 +343,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                         best_replicate=args.best_replicate,
                         one_replicate=args.one_replicate, whitening=tuple(args.whitening),
                         train_tiles=args.train_tiles[0])
-    select = dict(args.select)
+    select, external = dict(args.select), dict(args.embeddings)
     if len(select) < len(args.select):
         raise GeoJepaError("two selections have the same NAME")
+    if len(external) < len(args.embeddings):
+        raise GeoJepaError("two --embeddings have the same NAME")
     if len(args.train_tiles) > 1:
         paths = learning_curve(named, args.dataset, args.out, args.train_tiles, config,
-                               overwrite=args.overwrite, select=select)
+                               overwrite=args.overwrite, select=select, embeddings=external)
         print(paths["learning_curve.md"].read_text())
     else:
-        paths = evaluate(named, args.dataset, args.out, config, overwrite=args.overwrite, select=select)
+        paths = evaluate(named, args.dataset, args.out, config, overwrite=args.overwrite,
+                         select=select, embeddings=external)
         print(paths["results"].read_text())
     print(f"report written to {args.out}")
     return 0

@@ -49,9 +49,11 @@ from geojepa.embed import Checkpoint, check_layers, check_pool, load_checkpoint,
 from geojepa.errors import GeoJepaError
 from geojepa.features import (
     Features,
+    check_tile_embeddings,
     embedding_health,
     model_inputs,
     random_init,
+    read_tile_embeddings,
     tag_count_features,
     tag_pool_inputs,
     training_seed,
@@ -72,6 +74,7 @@ from geojepa.probes import (
 from geojepa.report import CURVE_COLUMN, VARIANTS, write_curve, write_report
 from geojepa.tasks import (
     LABELS_NAME,
+    MASKED_DIR,
     TASKS,
     Task,
     build_tasks,
@@ -196,7 +199,8 @@ class Method:
 
     name: str
     role: Literal["model", "baseline"]
-    features: Callable[[Path, bool], Features] | None  # None: Dummy (no features)
+    features: Callable[[Path, bool], Features | None] | None  # None: Dummy (no features); it
+    # returns None for an input it has no features of (external embeddings without that file)
     replicate: int = 0  # which pretraining run of the method (fold scores average them)
     tokens: bool = True  # whether it has token embeddings for the set probe
 
@@ -218,6 +222,7 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     select: dict[str, Sequence[str]] | None = None,
+    embeddings: dict[str, str | Path] | None = None,
 ) -> dict[str, Path]:
     """Evaluate checkpoints and baselines on a dataset's downstream tasks; write the report.
 
@@ -233,6 +238,8 @@ def evaluate(
         progress: Show progress.
         select: New model name -> names of ``checkpoints`` to choose from on validation (see
             :func:`select_on_validation`); the candidates must have as many replicates each.
+        embeddings: Model name -> tile embeddings another tool made, evaluated as a model
+            beside the checkpoints (see :func:`external_file` for the files).
 
     Returns:
         The written files by stem (see :func:`geojepa.report.write_report`).
@@ -241,7 +248,7 @@ def evaluate(
         GeoJepaError: Bad settings, missing files, or too few spatial groups for the folds.
     """
     config = config or EvalConfig()
-    inputs = _prepare(checkpoints, dataset, out, config, overwrite, progress, select)
+    inputs = _prepare(checkpoints, dataset, out, config, overwrite, progress, select, embeddings)
     out = Path(out)
     with atomic_folder(out, overwrite) as tmp:
         _report(inputs, config, tmp, {}, progress)
@@ -257,6 +264,7 @@ def learning_curve(
     overwrite: bool = False,
     progress: bool = True,
     select: dict[str, Sequence[str]] | None = None,
+    embeddings: dict[str, str | Path] | None = None,
 ) -> dict[str, Path]:
     """Evaluate at several numbers of labelled train tiles per fold: the label efficiency of
     every method, on the same folds, probes and baselines.
@@ -278,6 +286,7 @@ def learning_curve(
         overwrite: Replace an existing output folder.
         progress: Show progress.
         select: As for :func:`evaluate`.
+        embeddings: As for :func:`evaluate`.
 
     Returns:
         The curve's files and the size folders (``train_10``, ``train_all``) by name.
@@ -288,7 +297,7 @@ def learning_curve(
     """
     config = config or EvalConfig()
     sizes = curve_sizes(sizes)
-    inputs = _prepare(checkpoints, dataset, out, config, overwrite, progress, select)
+    inputs = _prepare(checkpoints, dataset, out, config, overwrite, progress, select, embeddings)
     out = Path(out)
     cache: _FeatureCache = {}
     tables = []
@@ -299,7 +308,7 @@ def learning_curve(
             tables.append(table.assign(**{CURVE_COLUMN: label}))
         whole = replace(config, train_tiles=None)
         protocol, folds = _folds(inputs.ds, inputs.labels, whole)
-        notes = [*_notes(inputs.loaded, inputs.ds, inputs.labels, folds, protocol, whole),
+        notes = [*_notes(inputs.loaded, inputs.ds, inputs.labels, folds, protocol, whole, inputs.external),
                  _curve_note(sizes, config.seed)]
         settings = {**inputs.settings(protocol, whole), "train_tiles": list(sizes)}
         write_curve(pd.concat(tables, ignore_index=True), tmp, f"Learning curve: {inputs.title}",
@@ -349,6 +358,7 @@ class _Inputs:
     loaded: dict[str, list[Checkpoint]]
     methods: list[Method]
     select: dict[str, list[str]]
+    external: dict[str, Path]
 
     @property
     def title(self) -> str:
@@ -359,7 +369,8 @@ class _Inputs:
         """The settings a report records."""
         files = {k: [c.path and str(c.path.resolve()) for c in cs] for k, cs in self.loaded.items()}
         return {"dataset": str(self.dataset.resolve()), "protocol": protocol, **asdict(config),
-                "select": self.select, "checkpoints": files}
+                "select": self.select, "checkpoints": files,
+                "embeddings": {k: str(p.resolve()) for k, p in self.external.items()}}
 
 
 _FeatureCache = dict[tuple[str, int, Path], tuple[Features, dict[str, Any]]]
@@ -369,10 +380,10 @@ _FeatureCache = dict[tuple[str, int, Path], tuple[Features, dict[str, Any]]]
 def _prepare(
     checkpoints: dict[str, CheckpointLike | Sequence[CheckpointLike]], dataset: str | Path,
     out: str | Path, config: EvalConfig, overwrite: bool, progress: bool,
-    select: dict[str, Sequence[str]] | None,
+    select: dict[str, Sequence[str]] | None, embeddings: dict[str, str | Path] | None,
 ) -> _Inputs:
     """Check the settings and the output folder, load the checkpoints and the labels (building
-    the tasks first when needed) and list the methods."""
+    the tasks first when needed), check the external embeddings and list the methods."""
     config.validate()
     chosen = {name: list(candidates) for name, candidates in (select or {}).items()}
     _check_selections(chosen, checkpoints)
@@ -390,7 +401,65 @@ def _prepare(
     if not (tasks_folder(dataset) / LABELS_NAME).is_file():
         build_tasks(dataset, progress=progress)
     labels = load_labels(dataset).to_pandas()
-    return _Inputs(dataset, ds, labels, loaded, _methods(loaded, ds, config), chosen)
+    external = _check_external(embeddings or {}, [*loaded, *chosen], dataset, labels, config)
+    methods = _methods(loaded, external, ds, labels, config)
+    return _Inputs(dataset, ds, labels, loaded, methods, chosen, external)
+
+
+EXTERNAL_UNMASKED = "unmasked.parquet"
+"""A folder of external embeddings: the file of the unmasked input."""
+
+
+def external_file(path: Path, source: Path, dataset: Path) -> Path | None:
+    """The file of external tile embeddings for one input of the evaluation, or None.
+
+    ``path`` is a Parquet file (see :func:`~geojepa.features.read_tile_embeddings`) of the
+    unmasked dataset's tiles, or a folder holding ``unmasked.parquet`` and, for the masked
+    inputs, ``masked/<mask>.parquet``: the embeddings of the masked copy ``geojepa tasks``
+    wrote to ``DATASET/tasks/masked/<mask>/`` (``building``, ``maxspeed``, ``signals``,
+    ``bridge``), each made from that copy alone, so that they never saw the hidden tags.
+
+    Args:
+        path: The embeddings' file or folder.
+        source: The input: ``dataset`` (unmasked) or a masked copy of it.
+        dataset: The evaluated dataset.
+
+    Returns:
+        The file for ``source``, or None when there is none (a lone file has no masked input).
+    """
+    if path.is_file():
+        return path if source == dataset else None
+    name = EXTERNAL_UNMASKED if source == dataset else f"{MASKED_DIR}/{source.name}.parquet"
+    file = path / name
+    return file if file.is_file() else None
+
+
+def _check_external(embeddings: dict[str, str | Path], taken: Sequence[str], dataset: Path,
+                    labels: pd.DataFrame, config: EvalConfig) -> dict[str, Path]:
+    """The external embeddings by name, each file the evaluation reads checked for every
+    labelled tile (:func:`~geojepa.features.check_tile_embeddings`)."""
+    external = {name: Path(path) for name, path in embeddings.items()}
+    x, y = labels["x"].to_numpy(), labels["y"].to_numpy()
+    for name, path in external.items():
+        if name in taken:
+            raise GeoJepaError(f"the name {name!r} is taken by a checkpoint or a selection", path)
+        if not path.exists():
+            raise GeoJepaError("no such embeddings file or folder", path)
+        files = {external_file(path, source, dataset) for source in _sources(dataset, config)} - {None}
+        if not files:
+            raise GeoJepaError(f"no embeddings for the evaluated inputs: expected {EXTERNAL_UNMASKED} "
+                               f"or {MASKED_DIR}/<mask>.parquet in the folder (a lone file is the "
+                               "unmasked input)", path)
+        for file in sorted(f for f in files if f is not None):
+            check_tile_embeddings(file, x, y)
+    return external
+
+
+def _sources(dataset: Path, config: EvalConfig) -> list[Path]:
+    """The input datasets of the evaluated tasks and variants."""
+    return list(dict.fromkeys(
+        dataset if variant == "unmasked" else masked_dataset(dataset, task.name)
+        for task in select_tasks(config.tasks) for variant in config.variants))
 
 
 def _replicate_choices(config: EvalConfig) -> list[tuple[bool, str, str]]:
@@ -421,7 +490,7 @@ def _report(inputs: _Inputs, config: EvalConfig, out: Path, cache: _FeatureCache
     gz, parents = _parent_tiles(inputs.ds, inputs.labels, config.group_zoom)
     predictions = prediction_table(table, inputs.labels, folds, [f"{gz}/{x}/{y}" for x, y in parents])
     table = table.drop(columns="predictions")
-    notes = _notes(inputs.loaded, inputs.ds, inputs.labels, folds, protocol, config)
+    notes = _notes(inputs.loaded, inputs.ds, inputs.labels, folds, protocol, config, inputs.external)
     notes += [f"{name}: per task, fold and replicate, whichever of {', '.join(candidates)} scored "
               "best on the fold's validation rows (never its test rows); `selected` in runs.csv "
               "names it." for name, candidates in inputs.select.items()]
@@ -708,15 +777,24 @@ def _load_replicates(name: str, given: CheckpointLike | Sequence[CheckpointLike]
     return loaded
 
 
-def _methods(loaded: dict[str, list[Checkpoint]], ds: TileDataset, config: EvalConfig) -> list[Method]:
+def _methods(loaded: dict[str, list[Checkpoint]], external: dict[str, Path], ds: TileDataset,
+             labels: pd.DataFrame, config: EvalConfig) -> list[Method]:
     vocab = ds.vocabulary().column("tag").to_pylist()
+    x, y = labels["x"].to_numpy(), labels["y"].to_numpy()
 
     def features(ckpt: Checkpoint, image_only: bool = False) -> Callable[[Path, bool], Features]:
         return lambda d, tokens: model_inputs(ckpt, d, image_only, config.batch_size, config.layers,
                                               config.pool, tokens)
 
+    def read(path: Path) -> Callable[[Path, bool], Features | None]:
+        def inputs(source: Path, _tokens: bool) -> Features | None:
+            file = external_file(path, source, ds.folder)
+            return None if file is None else Features(read_tile_embeddings(file, x, y))
+        return inputs
+
     methods = [Method(name, "model", features(c), r)
                for name, cs in loaded.items() for r, c in enumerate(cs)]
+    methods.extend(Method(name, "model", read(path), tokens=False) for name, path in external.items())
     if "random" in config.baselines:
         for names, inits in _same_initialisations(loaded):
             label = f"{names[0]} random init" if len(names) == 1 else f"random init of {', '.join(names)}"
@@ -790,7 +868,11 @@ def _run_all(
                         key = (method.name, method.replicate, source)
                         tokens = need_tokens and method.tokens
                         if key not in cache or (tokens and cache[key][0].tokens is None):
-                            x = _checked(method.features(source, tokens), len(y), source)
+                            given = method.features(source, tokens)
+                            if given is None:  # no input of this variant: no cells
+                                bar.advance(job, len(folds) * _probe_runs(config, method))
+                                continue
+                            x = _checked(given, len(y), source)
                             stats = cache[key][1] if key in cache else {
                                 "method": method.name, "replicate": method.replicate,
                                 "input": input_name, **embedding_health(x.tile)}
@@ -869,7 +951,7 @@ def _fit_method(
 
 def _notes(
     loaded: dict[str, list[Checkpoint]], ds: TileDataset, labels: pd.DataFrame, folds: list[Fold],
-    protocol: str, config: EvalConfig,
+    protocol: str, config: EvalConfig, external: dict[str, Path],
 ) -> list[str]:
     if protocol == "cv":
         gz = ds.manifest.group_zoom if config.group_zoom is None else config.group_zoom
@@ -938,7 +1020,23 @@ def _notes(
             note += (f" {len(cs)} pretraining replicates (training seeds {seeds}); its cells and "
                      "its random-init twins average them per fold.")
         notes.append(f"{name}: {note}")
+    notes.extend(f"{name}: {_external_note(path, ds.folder, config)}" for name, path in external.items())
     return notes
+
+
+def _external_note(path: Path, dataset: Path, config: EvalConfig) -> str:
+    """What the report says of external embeddings: where from, which inputs, what is unknown."""
+    given = [source for source in _sources(dataset, config) if external_file(path, source, dataset)]
+    named = ", ".join("unmasked" if s == dataset else f"masked {s.name}" for s in given)
+    note = (f"tile embeddings read from `{path}` ({named}); not a GeoJEPA checkpoint, so no "
+            "random-init twin, and geojepa cannot tell which tiles their training saw: treat as "
+            "transductive unless you know otherwise.")
+    lacking = [task.name for task in select_tasks(config.tasks) if "masked" in config.variants
+               and masked_dataset(dataset, task.name) not in given]
+    if lacking:
+        note += (f" No masked input for {', '.join(lacking)}: those cells are empty (embeddings "
+                 "of the unmasked tiles hold the tags the masked input hides).")
+    return note
 
 
 def _whitening_note(whitening: Sequence[Whitening]) -> str:

@@ -11,6 +11,9 @@ Every function returns one row per tile in the dataset's stored order (the order
   adds the tag vectors themselves, for the set probe.
 * :func:`tag_count_features`: TagCount - ``log1p`` of how many entities of the tile carry each of
   the most frequent tags.
+* :func:`read_tile_embeddings`: tile embeddings another tool made, read from a Parquet file
+  and put in the dataset's order by their tile coordinates (:func:`check_tile_embeddings`
+  checks a file without reading the embeddings).
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from numpy.typing import NDArray
 
 from geojepa.dataset.loader import TagVocabulary
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import Checkpoint, embed_dataset
+from geojepa.errors import GeoJepaError
 from geojepa.model.jepa import GeoJEPA, TilePool
 from geojepa.model.text import tag_embedding_table
 from geojepa.probes import TokenSets
@@ -232,3 +239,104 @@ def random_init(checkpoint: Checkpoint, seed: int | None = None) -> Checkpoint:
         model = GeoJEPA(checkpoint.config)
     model.eval().to(next(checkpoint.model.parameters()).device)
     return Checkpoint(model, checkpoint.config, checkpoint.vocabulary, checkpoint.train, {})
+
+
+EMBEDDING_COLUMN = "embedding"
+"""List column of a tile-embeddings file holding each tile's vector (see :func:`read_tile_embeddings`)."""
+TILE_COLUMNS = ("x", "y")
+"""Integer columns of a tile-embeddings file naming its tile at the dataset's zoom."""
+
+
+def check_tile_embeddings(path: Path, x: NDArray[np.integer], y: NDArray[np.integer]) -> list[str]:
+    """Check that a tile-embeddings file (see :func:`read_tile_embeddings`) has a row for each
+    of the tiles ``(x, y)``, reading only its schema and tile columns.
+
+    Returns:
+        The file's embedding columns.
+
+    Raises:
+        GeoJepaError: Naming the file: unreadable, no ``x``/``y`` columns, no embedding column,
+            a tile twice, or a tile of ``(x, y)`` missing.
+    """
+    columns = _embedding_columns(_schema(path), path)
+    _rows_of_tiles(pq.read_table(path, columns=list(TILE_COLUMNS)), x, y, path)
+    return columns
+
+
+def read_tile_embeddings(path: Path, x: NDArray[np.integer], y: NDArray[np.integer]) -> NDArray[np.float32]:
+    """Tile embeddings made by another tool, one row per tile ``(x, y)``, in that order.
+
+    The Parquet (or GeoParquet) file has a row per tile: integer columns ``x`` and ``y``, the
+    tile at the dataset's zoom, and the tile's vector, either in a list column ``embedding``
+    (one length for every row) or, without one, in every other numeric column (``z`` and
+    non-numeric columns such as a geometry are left out). Rows of other tiles are ignored.
+
+    Args:
+        path: The file.
+        x: Tile columns of the tiles wanted.
+        y: Tile rows of the tiles wanted.
+
+    Returns:
+        ``[len(x), D]`` embeddings.
+
+    Raises:
+        GeoJepaError: Naming the file: as :func:`check_tile_embeddings`, or vectors of several
+            lengths, or non-finite values.
+    """
+    columns = _embedding_columns(_schema(path), path)
+    table = pq.read_table(path, columns=[*TILE_COLUMNS, *columns])
+    rows = _rows_of_tiles(table, x, y, path)
+    if columns == [EMBEDDING_COLUMN]:
+        vectors = table.column(EMBEDDING_COLUMN).combine_chunks()
+        lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
+        if len(lengths) and (np.any(lengths != lengths[0]) or vectors.null_count):
+            raise GeoJepaError("the embedding column holds vectors of several lengths", path)
+        values = vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        matrix = values.reshape(len(vectors), -1)
+    else:
+        matrix = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in columns])
+    out = matrix[rows].astype(np.float32)
+    if not np.isfinite(out).all():
+        raise GeoJepaError("embeddings hold NaN, infinite or missing values", path)
+    return out
+
+
+def _schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as err:
+        raise GeoJepaError(f"not a Parquet file ({err})", path) from err
+
+
+def _embedding_columns(schema: pa.Schema, path: Path) -> list[str]:
+    """``[embedding]``, or the numeric columns other than the tile's; checks the tile columns."""
+    for name in TILE_COLUMNS:
+        if name not in schema.names or not pa.types.is_integer(schema.field(name).type):
+            raise GeoJepaError(f"tile embeddings need integer columns x and y (the tile at the "
+                               f"dataset's zoom); {name!r} is missing or not an integer", path)
+    if EMBEDDING_COLUMN in schema.names:
+        kind = schema.field(EMBEDDING_COLUMN).type
+        if not (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind)):
+            raise GeoJepaError(f"column {EMBEDDING_COLUMN!r} must be a list of numbers, got {kind}", path)
+        return [EMBEDDING_COLUMN]
+    numeric = [f.name for f in schema if f.name not in (*TILE_COLUMNS, "z")
+               and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
+    if not numeric:
+        raise GeoJepaError(f"no embedding: neither a list column {EMBEDDING_COLUMN!r} nor numeric "
+                           "columns beside x and y", path)
+    return numeric
+
+
+def _rows_of_tiles(table: pa.Table, x: NDArray[np.integer], y: NDArray[np.integer], path: Path) -> NDArray[np.int64]:
+    """The row of ``table`` holding each tile ``(x, y)``."""
+    have = pd.MultiIndex.from_arrays([table.column(c).to_numpy(zero_copy_only=False) for c in TILE_COLUMNS])
+    if not have.is_unique:
+        first = have[have.duplicated()][0]
+        raise GeoJepaError(f"tile x={first[0]} y={first[1]} has several rows", path)
+    rows = have.get_indexer(pd.MultiIndex.from_arrays([x, y]))
+    missing = np.flatnonzero(rows < 0)
+    if len(missing):
+        i = missing[0]
+        raise GeoJepaError(f"no embedding for {len(missing)} of the dataset's {len(x)} tiles "
+                           f"(first: x={x[i]} y={y[i]})", path)
+    return rows.astype(np.int64)

@@ -25,11 +25,11 @@ from geojepa.evaluate import (
     select_on_validation,
     spatial_folds,
 )
-from geojepa.features import model_inputs, random_init
+from geojepa.features import model_inputs, random_init, tag_pool_features
 from geojepa.prepare import PrepareConfig, prepare
 from geojepa.probes import grouped_folds
 from geojepa.synth import SynthConfig, write_synthetic_city
-from geojepa.tasks import build_tasks, load_labels
+from geojepa.tasks import build_tasks, load_labels, masked_dataset
 from geojepa.train import TrainConfig, pretrain
 
 TINY = {"d": 64, "depth": 2, "heads": 4, "predictor_d": 32, "predictor_depth": 1, "predictor_heads": 4}
@@ -292,6 +292,58 @@ def test_cli_train_tiles_fit_every_method_on_the_same_few_tiles(
     with pytest.raises(SystemExit):
         main([*args, "-o", str(tmp_path / "bad"), "--train-tiles", "ten"])
     assert "expected a number of tiles or all" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_external_embeddings_are_a_model_on_the_same_folds(
+    helsinki: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """TagPool's own features, written as external embeddings (unmasked in a list column with
+    the rows reversed, masked building in numeric columns), score exactly as TagPool."""
+    vocab = TileDataset(helsinki).vocabulary().column("tag").to_pylist()
+    labels = load_labels(helsinki).to_pandas()
+    folder = tmp_path / "emb"
+    (folder / "masked").mkdir(parents=True)
+    unmasked = tag_pool_features(helsinki, vocab, helsinki)
+    pd.DataFrame({"x": labels["x"], "y": labels["y"], "embedding": list(unmasked)}).iloc[::-1].to_parquet(
+        folder / "unmasked.parquet")
+    masked = tag_pool_features(masked_dataset(helsinki, "building_count"), vocab, helsinki)
+    wide = pd.DataFrame(masked, columns=[f"e{i}" for i in range(masked.shape[1])])
+    pd.concat([labels[["x", "y"]], wide], axis=1).to_parquet(folder / "masked" / "building.parquet")
+    args = ["evaluate", "--dataset", str(helsinki), "--tasks", "building_count", "traffic_signals",
+            "--folds", "3", "--group-zoom", "16", "--probes", "linear", "--baselines", "dummy", "tagpool",
+            "--embeddings", f"Ext={folder}"]
+    assert main([*args, "-o", str(tmp_path / "r")]) == 0
+    runs = pd.read_csv(tmp_path / "r" / "runs.csv")
+    ext, tagpool = (runs[runs["method"] == m].set_index(["task", "variant", "fold"]) for m in ("Ext", "TagPool"))
+    assert ext["role"].eq("model").all()
+    assert sorted(set(ext.index.droplevel("fold"))) == [  # no masked signals file: no such cells
+        ("building_count", "masked"), ("building_count", "unmasked"), ("traffic_signals", "unmasked")]
+    assert np.allclose(ext["metric"], tagpool.loc[ext.index, "metric"], rtol=1e-6, atol=0)
+    text = (tmp_path / "r" / "results.md").read_text()
+    assert f"Ext: tile embeddings read from `{folder}` (masked building, unmasked)" in text
+    assert "No masked input for traffic_signals" in text and "treat as transductive" in text
+    assert "| Ext (linear) | vs TagPool " in text  # the same features, up to rounding
+    settings = json.loads((tmp_path / "r" / "settings.json").read_text())
+    assert settings["embeddings"] == {"Ext": str(folder.resolve())}
+    health = pd.read_csv(tmp_path / "r" / "health.csv")
+    assert set(health.loc[health["method"] == "Ext", "input"]) == {"unmasked", "masked/building"}
+
+    # one tile short in a lone file: refused before any probe, naming the file
+    short = tmp_path / "short.parquet"
+    pd.read_parquet(folder / "unmasked.parquet").iloc[1:].to_parquet(short)
+    for bad, message in (([f"Ext={short}"], f"{short}: no embedding for 1 of the dataset's"),
+                         ([f"Ext={tmp_path / 'none'}"], "no such embeddings file or folder"),
+                         ([f"Dummy2={tmp_path / 'masked_only'}"], "no embeddings for the evaluated inputs"),
+                         (["Ext"], "expected NAME=PATH")):
+        (tmp_path / "masked_only").mkdir(exist_ok=True)
+        capsys.readouterr()
+        if bad == ["Ext"]:
+            with pytest.raises(SystemExit):
+                main([*args[:-2], "--embeddings", *bad, "-o", str(tmp_path / "bad")])
+        else:
+            assert main([*args[:-2], "--embeddings", *bad, "-o", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

@@ -6,10 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from geojepa.dataset.reader import TileDataset
-from geojepa.features import embedding_health, pool_rows, tag_pool_features
+from geojepa.errors import GeoJepaError
+from geojepa.features import (
+    check_tile_embeddings,
+    embedding_health,
+    pool_rows,
+    read_tile_embeddings,
+    tag_pool_features,
+)
 from geojepa.model.text import tag_embedding_table
 from geojepa.prepare import PrepareConfig, prepare
 
@@ -72,3 +81,55 @@ def test_identical_rows_and_zero_rows() -> None:
     zeros = embedding_health(np.zeros((5, 3)))
     assert zeros["effective_rank"] == 0.0 and zeros["mean_cosine"] == 0.0
     assert np.isnan(embedding_health(np.ones((1, 3)))["mean_cosine"])
+
+
+def _embeddings_table(x: list[int], y: list[int], vectors: np.ndarray) -> pa.Table:
+    return pa.table({"x": pa.array(x, pa.int32()), "y": pa.array(y, pa.int64()),
+                     "embedding": pa.array(list(vectors), pa.list_(pa.float32()))})
+
+
+def test_tile_embeddings_are_read_in_the_datasets_order_from_either_layout(tmp_path: Path) -> None:
+    x, y = np.array([5, 6, 5]), np.array([9, 9, 10])  # the dataset's tiles, in its order
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    # the file's rows: shuffled, and one tile the dataset lacks (ignored)
+    table = _embeddings_table([5, 7, 5, 6], [10, 1, 9, 9], vectors)
+    pq.write_table(table, tmp_path / "list.parquet")
+    expected = vectors[[2, 3, 0]]
+    got = read_tile_embeddings(tmp_path / "list.parquet", x, y)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.float32
+    assert check_tile_embeddings(tmp_path / "list.parquet", x, y) == ["embedding"]
+    # wide: every numeric column but x, y, z; a geometry (binary) and a name column ignored
+    wide = pa.table({"z": [17] * 4, "x": [5, 7, 5, 6], "y": [10, 1, 9, 9],
+                     **{f"e{i}": vectors[:, i].astype(np.float64) for i in range(3)},
+                     "geometry": [b"\x01"] * 4, "name": ["a", "b", "c", "d"]})
+    pq.write_table(wide, tmp_path / "wide.parquet")
+    np.testing.assert_array_equal(read_tile_embeddings(tmp_path / "wide.parquet", x, y), expected)
+    assert check_tile_embeddings(tmp_path / "wide.parquet", x, y) == ["e0", "e1", "e2"]
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    (_embeddings_table([5, 6], [9, 9], np.ones((2, 3))), "no embedding for 1 of the dataset's 3 tiles (first: x=5 y=10)"),
+    (_embeddings_table([5, 6, 5, 5], [9, 9, 10, 9], np.ones((4, 3))), "tile x=5 y=9 has several rows"),
+    (pa.table({"x": [5, 6, 5], "embedding": [[1.0]] * 3}), "integer columns x and y"),
+    (pa.table({"x": [5, 6, 5], "y": [9.0, 9.0, 10.0], "e": [1.0] * 3}), "integer columns x and y"),
+    (pa.table({"x": [5, 6, 5], "y": [9, 9, 10], "name": ["a"] * 3}), "no embedding"),
+    (pa.table({"x": [5, 6, 5], "y": [9, 9, 10], "embedding": ["a"] * 3}), "must be a list of numbers"),
+    (pa.table({"x": [5, 6, 5], "y": [9, 9, 10], "embedding": [[1.0], [1.0, 2.0], [1.0]]}), "several lengths"),
+    (pa.table({"x": [5, 6, 5], "y": [9, 9, 10], "e": [1.0, float("nan"), 2.0]}), "NaN"),
+])
+def test_bad_tile_embeddings_are_one_line_errors_naming_the_file(
+    tmp_path: Path, table: pa.Table, message: str
+) -> None:
+    path = tmp_path / "bad.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(GeoJepaError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        read_tile_embeddings(path, np.array([5, 6, 5]), np.array([9, 9, 10]))
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_a_file_that_is_not_parquet_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "emb.parquet"
+    path.write_text("x,y\n1,2\n")
+    with pytest.raises(GeoJepaError, match="not a Parquet file"):
+        check_tile_embeddings(path, np.array([1]), np.array([2]))
