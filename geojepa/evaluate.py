@@ -440,6 +440,7 @@ def _check_external(embeddings: dict[str, str | Path], taken: Sequence[str], dat
     labelled tile (:func:`~geojepa.features.check_tile_embeddings`)."""
     external = {name: Path(path) for name, path in embeddings.items()}
     x, y = labels["x"].to_numpy(), labels["y"].to_numpy()
+    zoom = TileDataset(dataset).manifest.zoom
     for name, path in external.items():
         if name in taken:
             raise GeoJepaError(f"the name {name!r} is taken by a checkpoint or a selection", path)
@@ -451,7 +452,7 @@ def _check_external(embeddings: dict[str, str | Path], taken: Sequence[str], dat
                                f"or {MASKED_DIR}/<mask>.parquet in the folder (a lone file is the "
                                "unmasked input)", path)
         for file in sorted(f for f in files if f is not None):
-            check_tile_embeddings(file, x, y)
+            check_tile_embeddings(file, x, y, zoom)
     return external
 
 
@@ -789,7 +790,7 @@ def _methods(loaded: dict[str, list[Checkpoint]], external: dict[str, Path], ds:
     def read(path: Path) -> Callable[[Path, bool], Features | None]:
         def inputs(source: Path, _tokens: bool) -> Features | None:
             file = external_file(path, source, ds.folder)
-            return None if file is None else Features(read_tile_embeddings(file, x, y))
+            return None if file is None else Features(read_tile_embeddings(file, x, y, ds.manifest.zoom))
         return inputs
 
     methods = [Method(name, "model", features(c), r)

@@ -247,7 +247,8 @@ TILE_COLUMNS = ("x", "y")
 """Integer columns of a tile-embeddings file naming its tile at the dataset's zoom."""
 
 
-def check_tile_embeddings(path: Path, x: NDArray[np.integer], y: NDArray[np.integer]) -> list[str]:
+def check_tile_embeddings(path: Path, x: NDArray[np.integer], y: NDArray[np.integer],
+                          zoom: int | None = None) -> list[str]:
     """Check that a tile-embeddings file (see :func:`read_tile_embeddings`) has a row for each
     of the tiles ``(x, y)``, reading only its schema and tile columns.
 
@@ -256,25 +257,30 @@ def check_tile_embeddings(path: Path, x: NDArray[np.integer], y: NDArray[np.inte
 
     Raises:
         GeoJepaError: Naming the file: unreadable, no ``x``/``y`` columns, no embedding column,
-            a tile twice, or a tile of ``(x, y)`` missing.
+            a ``z`` other than ``zoom``, a tile twice, or a tile of ``(x, y)`` missing.
     """
-    columns = _embedding_columns(_schema(path), path)
-    _rows_of_tiles(pq.read_table(path, columns=list(TILE_COLUMNS)), x, y, path)
+    schema = _schema(path)
+    columns = _embedding_columns(schema, path)
+    tiles = [c for c in ("z", *TILE_COLUMNS) if c in schema.names]
+    _rows_of_tiles(pq.read_table(path, columns=tiles), x, y, zoom, path)
     return columns
 
 
-def read_tile_embeddings(path: Path, x: NDArray[np.integer], y: NDArray[np.integer]) -> NDArray[np.float32]:
+def read_tile_embeddings(path: Path, x: NDArray[np.integer], y: NDArray[np.integer],
+                         zoom: int | None = None) -> NDArray[np.float32]:
     """Tile embeddings made by another tool, one row per tile ``(x, y)``, in that order.
 
     The Parquet (or GeoParquet) file has a row per tile: integer columns ``x`` and ``y``, the
-    tile at the dataset's zoom, and the tile's vector, either in a list column ``embedding``
-    (one length for every row) or, without one, in every other numeric column (``z`` and
-    non-numeric columns such as a geometry are left out). Rows of other tiles are ignored.
+    tile at the dataset's zoom (and, optionally, ``z``, which must then be that zoom), and the
+    tile's vector, either in a list column ``embedding`` (one length for every row) or, without
+    one, in every other numeric column (non-numeric columns such as a geometry are left out).
+    Rows of other tiles are ignored.
 
     Args:
         path: The file.
         x: Tile columns of the tiles wanted.
         y: Tile rows of the tiles wanted.
+        zoom: The tiles' zoom, checked against a ``z`` column (None: not checked).
 
     Returns:
         ``[len(x), D]`` embeddings.
@@ -283,9 +289,11 @@ def read_tile_embeddings(path: Path, x: NDArray[np.integer], y: NDArray[np.integ
         GeoJepaError: Naming the file: as :func:`check_tile_embeddings`, or vectors of several
             lengths, or non-finite values.
     """
-    columns = _embedding_columns(_schema(path), path)
-    table = pq.read_table(path, columns=[*TILE_COLUMNS, *columns])
-    rows = _rows_of_tiles(table, x, y, path)
+    schema = _schema(path)
+    columns = _embedding_columns(schema, path)
+    tiles = [c for c in ("z", *TILE_COLUMNS) if c in schema.names]
+    table = pq.read_table(path, columns=[*tiles, *columns])
+    rows = _rows_of_tiles(table, x, y, zoom, path)
     if columns == [EMBEDDING_COLUMN]:
         vectors = table.column(EMBEDDING_COLUMN).combine_chunks()
         lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False)
@@ -327,8 +335,13 @@ def _embedding_columns(schema: pa.Schema, path: Path) -> list[str]:
     return numeric
 
 
-def _rows_of_tiles(table: pa.Table, x: NDArray[np.integer], y: NDArray[np.integer], path: Path) -> NDArray[np.int64]:
-    """The row of ``table`` holding each tile ``(x, y)``."""
+def _rows_of_tiles(table: pa.Table, x: NDArray[np.integer], y: NDArray[np.integer], zoom: int | None,
+                   path: Path) -> NDArray[np.int64]:
+    """The row of ``table`` holding each tile ``(x, y)``, after checking its ``z`` (if any)."""
+    if zoom is not None and "z" in table.column_names:
+        other = set(pc.unique(table.column("z")).to_pylist()) - {zoom}
+        if other:
+            raise GeoJepaError(f"tiles of zoom {min(other, key=str)} in a dataset of zoom {zoom}", path)
     have = pd.MultiIndex.from_arrays([table.column(c).to_numpy(zero_copy_only=False) for c in TILE_COLUMNS])
     if not have.is_unique:
         first = have[have.duplicated()][0]

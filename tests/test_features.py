@@ -104,7 +104,7 @@ def test_tile_embeddings_are_read_in_the_datasets_order_from_either_layout(tmp_p
                      **{f"e{i}": vectors[:, i].astype(np.float64) for i in range(3)},
                      "geometry": [b"\x01"] * 4, "name": ["a", "b", "c", "d"]})
     pq.write_table(wide, tmp_path / "wide.parquet")
-    np.testing.assert_array_equal(read_tile_embeddings(tmp_path / "wide.parquet", x, y), expected)
+    np.testing.assert_array_equal(read_tile_embeddings(tmp_path / "wide.parquet", x, y, 17), expected)
     assert check_tile_embeddings(tmp_path / "wide.parquet", x, y) == ["e0", "e1", "e2"]
 
 
@@ -117,6 +117,7 @@ def test_tile_embeddings_are_read_in_the_datasets_order_from_either_layout(tmp_p
     (pa.table({"x": [5, 6, 5], "y": [9, 9, 10], "embedding": ["a"] * 3}), "must be a list of numbers"),
     (pa.table({"x": [5, 6, 5], "y": [9, 9, 10], "embedding": [[1.0], [1.0, 2.0], [1.0]]}), "several lengths"),
     (pa.table({"x": [5, 6, 5], "y": [9, 9, 10], "e": [1.0, float("nan"), 2.0]}), "NaN"),
+    (pa.table({"z": [17, 16, 17], "x": [5, 6, 5], "y": [9, 9, 10], "e": [1.0] * 3}), "tiles of zoom 16 in a dataset of zoom 17"),
 ])
 def test_bad_tile_embeddings_are_one_line_errors_naming_the_file(
     tmp_path: Path, table: pa.Table, message: str
@@ -124,7 +125,7 @@ def test_bad_tile_embeddings_are_one_line_errors_naming_the_file(
     path = tmp_path / "bad.parquet"
     pq.write_table(table, path)
     with pytest.raises(GeoJepaError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
-        read_tile_embeddings(path, np.array([5, 6, 5]), np.array([9, 9, 10]))
+        read_tile_embeddings(path, np.array([5, 6, 5]), np.array([9, 9, 10]), zoom=17)
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
 
 
