@@ -272,8 +272,8 @@ def learning_curve(
     Each size is an evaluation of its own (``config`` with ``train_tiles`` set to it), whose
     full report goes to ``out/train_<size>/``; the tile embeddings are computed once for all
     of them (the set probe's token embeddings once per size and task). ``out`` also holds the curve: ``learning_curve.md`` (per variant and task, the mean
-    test score of every method and probe at each size, and its paired wins over the
-    baselines), ``learning_curve.csv``, ``learning_curve_<task>.png`` and ``settings.json``
+    test score of every method and probe at each size, and its paired wins and tests against
+    the baselines), ``learning_curve.csv``, ``learning_curve_<task>.png`` and ``settings.json``
     (see :func:`geojepa.report.write_curve`).
 
     Args:
@@ -300,19 +300,21 @@ def learning_curve(
     inputs = _prepare(checkpoints, dataset, out, config, overwrite, progress, select, embeddings)
     out = Path(out)
     cache: _FeatureCache = {}
-    tables = []
+    tables, predictions = [], []
     with atomic_folder(out, overwrite) as tmp:
         for n in sizes:
             label = size_label(n)
-            table = _report(inputs, replace(config, train_tiles=n), tmp / f"train_{label}", cache, progress)
+            table, predicted = _report(inputs, replace(config, train_tiles=n), tmp / f"train_{label}",
+                                       cache, progress)
             tables.append(table.assign(**{CURVE_COLUMN: label}))
+            predictions.append(predicted.assign(**{CURVE_COLUMN: label}))
         whole = replace(config, train_tiles=None)
         protocol, folds = _folds(inputs.ds, inputs.labels, whole)
         notes = [*_notes(inputs.loaded, inputs.ds, inputs.labels, folds, protocol, whole, inputs.external),
                  _curve_note(sizes, config.seed)]
         settings = {**inputs.settings(protocol, whole), "train_tiles": list(sizes)}
         write_curve(pd.concat(tables, ignore_index=True), tmp, f"Learning curve: {inputs.title}",
-                    notes, settings)
+                    notes, settings, pd.concat(predictions, ignore_index=True))
     return {p.name: out / p.name for p in out.iterdir()}
 
 
@@ -470,12 +472,13 @@ def _replicate_choices(config: EvalConfig) -> list[tuple[bool, str, str]]:
 
 
 def _report(inputs: _Inputs, config: EvalConfig, out: Path, cache: _FeatureCache,
-            progress: bool) -> pd.DataFrame:
+            progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit every probe under ``config`` and write the report into ``out``; ``cache`` keeps the
     features for later reports of the same inputs.
 
     Returns:
-        The runs, one row per probe run (without their test predictions).
+        The runs, one row per probe run (without their test predictions), and the test
+        predictions (:func:`prediction_table`).
     """
     kept = _replicate_choices(config)
     protocol, folds = _folds(inputs.ds, inputs.labels, config)
@@ -500,7 +503,7 @@ def _report(inputs: _Inputs, config: EvalConfig, out: Path, cache: _FeatureCache
     notes += deployed_notes(table, settings["checkpoints"]) if several and config.one_replicate else []
     write_report(table, out, f"GeoJEPA downstream evaluation: {inputs.title}", notes, settings,
                  pd.DataFrame(health) if health else None, predictions)
-    return table
+    return table, predictions
 
 
 SELECTION_KEYS = ["task", "variant", "probe", "fold", "replicate"]

@@ -433,24 +433,30 @@ def _pairs_table(
     return _table(["model", *tasks], body)
 
 
+_Layout = Callable[[pd.DataFrame, Sequence[str], Callable[[str, str, str, str], str]], list[str]]
+"""A table of every comparison: :func:`_pairs_table` or :func:`_against_table`."""
+
+
 def _wins_table(
-    summary: pd.DataFrame, scores: pd.DataFrame, variant: str, tasks: Sequence[str]
+    summary: pd.DataFrame, scores: pd.DataFrame, variant: str, tasks: Sequence[str],
+    layout: _Layout = _pairs_table,
 ) -> list[str]:
-    """Lines of the paired-wins table of one variant (:func:`_pairs_table`)."""
+    """Lines of the paired-wins table of one variant (by default :func:`_pairs_table`)."""
 
     def cell(method: str, other: str, task: str, probe: str) -> str:
         wins, folds = _wins(scores, method, other, task, variant, probe)
         return f"{wins}/{folds}"
 
-    return _pairs_table(summary, tasks, cell)
+    return layout(summary, tasks, cell)
 
 
 def _tests_table(
-    summary: pd.DataFrame, errors: pd.DataFrame, variant: str, tasks: Sequence[str]
+    summary: pd.DataFrame, errors: pd.DataFrame, variant: str, tasks: Sequence[str],
+    layout: _Layout = _pairs_table,
 ) -> list[str]:
-    """Lines of the paired-tests table of one variant (:func:`_pairs_table`), each p with its
-    :func:`holm` adjustment over the distinct tests of the table (two models compared both ways
-    are one test)."""
+    """Lines of the paired-tests table of one variant (by default :func:`_pairs_table`), each p
+    with its :func:`holm` adjustment over the distinct tests of the table (two models compared
+    both ways are one test)."""
     tests = {
         (method, other, task, probe): _paired_test(errors, method, other, task, variant, probe)
         for method, probe, per_task in _pairs(summary, tasks)
@@ -473,7 +479,23 @@ def _tests_table(
         return (f"{test.delta:+.{_decimals(test.delta)}f} (p {test.p_value:.2g},"
                 f" Holm {adjusted[pair(key)]:.2g})")
 
-    return _pairs_table(summary, tasks, cell)
+    return layout(summary, tasks, cell)
+
+
+def _against_table(
+    summary: pd.DataFrame, columns: Sequence[str], cell: Callable[[str, str, str, str], str]
+) -> list[str]:
+    """Lines of a table with a row per model, probe and other model or baseline it is compared
+    with (:func:`_pairs`) and a column per entry of ``columns`` (a learning curve's sizes);
+    ``cell(method, other, column, probe)`` writes one."""
+    body: list[list[str]] = []
+    for method, probe, per_column in _pairs(summary, columns):
+        for other in dict.fromkeys(other for listed in per_column for other in listed or []):
+            line = [_label(method, probe), other]
+            for column, listed in zip(columns, per_column, strict=True):
+                line.append(cell(method, other, column, probe) if listed and other in listed else "—")
+            body.append(line)
+    return _table(["model", "against", *columns], body)
 
 
 def _replicates_table(runs: pd.DataFrame, variant: str, tasks: Sequence[str]) -> list[str]:
@@ -765,6 +787,14 @@ CURVE_COLUMN = "train_tiles"
 (``"10"``, ``"all"``); the runs also need ``n_train``, the train tiles of each fold."""
 
 
+CURVE_TESTS_TEXT = (
+    "Paired tests: Δ, the model's mean minus the other's (negative: the model errs less); p, the"
+    " two-sided sign-flip test over the spatial groups of the test tiles; Holm, p adjusted for"
+    " every comparison and size of this table (each size's `results.md` explains the test and"
+    " adjusts over its own table).")
+"""The explanation above a learning curve's paired-tests table."""
+
+
 def _size_headers(runs: pd.DataFrame) -> dict[str, str]:
     """Each size of a learning curve's runs -> its column header, with the train tiles its
     folds fitted (fewer than the size where a fold had fewer)."""
@@ -779,11 +809,12 @@ def _size_headers(runs: pd.DataFrame) -> dict[str, str]:
     return headers
 
 
-def _by_size(runs: pd.DataFrame, task: str) -> pd.DataFrame:
-    """A learning curve's runs of one task with each run's size header in place of its task,
-    so the report's tables lay the sizes out as they lay out tasks."""
-    rows = runs[runs["task"] == task]
-    return rows.assign(task=rows[CURVE_COLUMN].astype(str).map(_size_headers(rows)))
+def _by_size(rows: pd.DataFrame, task: str, headers: dict[str, str] | None = None) -> pd.DataFrame:
+    """A learning curve's runs (or predictions) of one task with each row's size header
+    (default: :func:`_size_headers` of the rows) in place of its task, so the report's tables
+    lay the sizes out as they lay out tasks."""
+    rows = rows[rows["task"] == task]
+    return rows.assign(task=rows[CURVE_COLUMN].astype(str).map(headers or _size_headers(rows)))
 
 
 def curve_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -810,7 +841,8 @@ def curve_summary(runs: pd.DataFrame) -> pd.DataFrame:
     return summary[[*SUMMARY_KEYS, CURVE_COLUMN, "n_train", "mean", "std", "folds", "seeds", "constant_folds"]]
 
 
-def curve_markdown(runs: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
+def curve_markdown(runs: pd.DataFrame, title: str, notes: Sequence[str],
+                   predictions: pd.DataFrame | None = None) -> str:
     """The learning curve's report: per variant (masked first) and task, the mean ± std of
     every method and probe at each size, and each model's paired wins over the others.
 
@@ -818,12 +850,16 @@ def curve_markdown(runs: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
         runs: One row per probe run, with :data:`CURVE_COLUMN` and ``n_train``.
         title: Report title.
         notes: Lines listed under the title.
+        predictions: Optional test predictions of the runs, with :data:`CURVE_COLUMN`: adds,
+            per task, the paired tests (:func:`paired_test`) at every size, each p also adjusted
+            with :func:`holm` over that task's table.
 
     Returns:
         The report as Markdown text, ending with a newline.
 
     Raises:
-        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role.
+        ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role, or
+            ``predictions`` lacks a column.
     """
     if runs.empty:
         raise ValueError("no runs to report")
@@ -844,27 +880,15 @@ def curve_markdown(runs: pd.DataFrame, title: str, notes: Sequence[str]) -> str:
             columns = list(dict.fromkeys(sized["task"]))
             metric = "error rate" if (sized["kind"] == "binary").any() else "MAE"
             lines += ["", f"### {task}: test {metric}", "", *_scores_table(summary, columns)]
-            if (summary["role"] == "model").any():
-                lines += ["", "Paired wins:", "",
-                          *_curve_wins_table(summary, fold_scores(sized), variant, columns)]
+            if not (summary["role"] == "model").any():
+                continue
+            lines += ["", "Paired wins:", "",
+                      *_wins_table(summary, fold_scores(sized), variant, columns, _against_table)]
+            if predictions is not None:
+                errors = tile_errors(_by_size(predictions, task, _size_headers(in_variant[in_variant["task"] == task])))
+                lines += ["", CURVE_TESTS_TEXT, "",
+                          *_tests_table(summary, errors, variant, columns, _against_table)]
     return "\n".join(lines) + "\n"
-
-
-def _curve_wins_table(
-    summary: pd.DataFrame, scores: pd.DataFrame, variant: str, columns: Sequence[str]
-) -> list[str]:
-    """Lines of a learning curve's paired-wins table of one task: a row per model, probe and
-    other model or baseline (:func:`_pairs`), a column per size."""
-    body: list[list[str]] = []
-    for method, probe, per_column in _pairs(summary, columns):
-        others = dict.fromkeys(other for listed in per_column for other in listed or [])
-        for other in others:
-            line = [_label(method, probe), other]
-            for column, listed in zip(columns, per_column, strict=True):
-                wins, folds = _wins(scores, method, other, column, variant, probe)
-                line.append(f"{wins}/{folds}" if listed and other in listed else "—")
-            body.append(line)
-    return _table(["model", "against", *columns], body)
 
 
 def plot_curve(runs: pd.DataFrame, task: str, path: Path) -> None:
@@ -908,6 +932,7 @@ def plot_curve(runs: pd.DataFrame, task: str, path: Path) -> None:
 
 def write_curve(
     runs: pd.DataFrame, out_dir: Path, title: str, notes: Sequence[str], settings: dict[str, Any],
+    predictions: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write a learning curve into a folder, each file atomically: ``learning_curve.md``
     (:func:`curve_markdown`), ``learning_curve.csv`` (:func:`curve_summary`), ``settings.json``
@@ -919,6 +944,7 @@ def write_curve(
         title: Report title.
         notes: Lines listed under the title.
         settings: Settings to record.
+        predictions: Optional test predictions of the runs (:func:`curve_markdown`).
 
     Returns:
         The written paths by file name.
@@ -926,7 +952,7 @@ def write_curve(
     Raises:
         ValueError: If ``runs`` is empty, lacks a column or has an unknown variant or role.
     """
-    markdown = curve_markdown(runs, title, notes)
+    markdown = curve_markdown(runs, title, notes, predictions)
     summary = curve_summary(runs)
     settings_text = json.dumps(settings, sort_keys=True, indent=2, default=str) + "\n"
     out_dir = Path(out_dir)

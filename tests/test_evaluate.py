@@ -282,6 +282,11 @@ def test_cli_train_tiles_fit_every_method_on_the_same_few_tiles(
     text = (curve / "learning_curve.md").read_text()
     assert "### building_count: test MAE" in text and "| 8 tiles | all (" in text
     assert "| GeoJEPA-T (linear) | TagCount | " in text and "**transductive**" in text
+    tests = text[text.index("Paired tests: Δ"):]  # one per size, as in each size's own report
+    for size in ("8", "all"):
+        own = (curve / f"train_{size}" / "results.md").read_text()
+        raw = own[own.index("### Paired tests"):].split("| GeoJEPA-T (linear) | vs TagCount ")[1].split(" ·")[0]
+        assert raw.split(", Holm")[0] in tests  # the same delta and p; Holm over the curve's table
     assert json.loads((curve / "settings.json").read_text())["train_tiles"] == [8, None]
     assert "each size drawn on its own" in capsys.readouterr().out  # the curve is printed
 

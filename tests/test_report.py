@@ -471,3 +471,35 @@ def test_learning_curve_lays_the_sizes_out_as_columns(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(back, summary, check_dtype=False)
     with pytest.raises(ValueError, match=CURVE_COLUMN):
         curve_summary(runs.drop(columns=CURVE_COLUMN))
+
+
+def test_learning_curve_tests_each_size_like_its_own_report() -> None:
+    """At each size the paired test is the one of that size's predictions alone; Holm adjusts
+    over every comparison and size of the task's table."""
+    sizes = {"10": make_predictions(shift=0.0, seed=1), "all": make_predictions(shift=0.4)}
+    predictions = pd.concat([pred.assign(**{CURVE_COLUMN: size}) for size, pred in sizes.items()],
+                            ignore_index=True)
+    runs = pd.concat([runs_of(pred).assign(**{CURVE_COLUMN: size}) for size, pred in sizes.items()],
+                     ignore_index=True).assign(n_train=50)
+    text = curve_markdown(runs, "curve", NOTES, predictions)
+    tests = text.index("Paired tests: Δ")
+    p_values = []
+    for other in ("B", "Dummy"):
+        cells = table_row_against(text, "A (linear)", other, tests)
+        for size, cell in zip(sizes, cells, strict=True):
+            test = paired_test(sizes[size], "A", other, "t", "masked", "linear")
+            assert test is not None and f"(p {test.p_value:.2g}," in cell
+            assert float(cell.split(" ")[0]) == pytest.approx(test.delta, rel=5e-3)
+            p_values.append(test.p_value)
+    adjusted = holm(p_values)
+    got = [float(cell.split("Holm ")[1].rstrip(")"))
+           for other in ("B", "Dummy") for cell in table_row_against(text, "A (linear)", other, tests)]
+    assert got == pytest.approx([float(f"{a:.2g}") for a in adjusted])
+    assert "Paired tests" not in curve_markdown(runs, "curve", NOTES)  # only with predictions
+
+
+def table_row_against(markdown: str, label: str, other: str, start: int) -> list[str]:
+    """Cells after ``against`` of the first row of ``label`` against ``other`` from ``start``."""
+    prefix = f"| {label} | {other} |"
+    line = next(line for line in markdown[start:].splitlines() if line.startswith(prefix))
+    return [cell.strip() for cell in line.strip("|").split("|")][2:]
