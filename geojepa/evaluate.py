@@ -408,6 +408,8 @@ def _prepare(
     return _Inputs(dataset, ds, labels, loaded, methods, chosen, external)
 
 
+BASELINE_NAMES = ("Dummy", "TagPool", "TagCount")
+"""Method names of the baselines that do not come from a checkpoint."""
 EXTERNAL_UNMASKED = "unmasked.parquet"
 """A folder of external embeddings: the file of the unmasked input."""
 
@@ -444,8 +446,9 @@ def _check_external(embeddings: dict[str, str | Path], taken: Sequence[str], dat
     x, y = labels["x"].to_numpy(), labels["y"].to_numpy()
     zoom = TileDataset(dataset).manifest.zoom
     for name, path in external.items():
-        if name in taken:
-            raise GeoJepaError(f"the name {name!r} is taken by a checkpoint or a selection", path)
+        if name in taken or name in BASELINE_NAMES:
+            raise GeoJepaError(f"the name {name!r} is taken by a checkpoint, a selection or a "
+                               "baseline", path)
         if not path.exists():
             raise GeoJepaError("no such embeddings file or folder", path)
         files = {external_file(path, source, dataset) for source in _sources(dataset, config)} - {None}
@@ -988,7 +991,7 @@ def _notes(
                      "TagPool's entity tag vectors), not the pooled tile embedding: a shared "
                      "2-layer token MLP (64 wide), [mean, max] pooled per kind of token, a linear "
                      f"head; AdamW, early stopping on validation; {config.seeds} seeds per fold. "
-                     "TagCount has no tokens, so no set-probe cells.")
+                     "TagCount and embeddings given as files have no tokens, so no set-probe cells.")
     if config.layers > 1:
         notes.append(f"Tile embeddings (of every model and random-init twin) pool the outputs of "
                      f"the encoder's last {config.layers} blocks, not only the last (SPEC: 1); "

@@ -340,6 +340,7 @@ def test_cli_external_embeddings_are_a_model_on_the_same_folds(
     for bad, message in (([f"Ext={short}"], f"{short}: no embedding for 1 of the dataset's"),
                          ([f"Ext={tmp_path / 'none'}"], "no such embeddings file or folder"),
                          ([f"Dummy2={tmp_path / 'masked_only'}"], "no embeddings for the evaluated inputs"),
+                         ([f"TagPool={folder}"], "the name 'TagPool' is taken"),
                          (["Ext"], "expected NAME=PATH")):
         (tmp_path / "masked_only").mkdir(exist_ok=True)
         capsys.readouterr()
