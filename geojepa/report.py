@@ -14,7 +14,9 @@ renders the SPEC results table (rows = models and baselines, columns = tasks, lo
 masked variant first, :func:`health_table` adds the collapse indicators of every method's
 features, and :func:`write_report` writes the runs, the report, the settings, the health table,
 the test predictions and one plot per task (:func:`plot_task`) into a folder, each file
-atomically.
+atomically. A learning curve, the same evaluation at several numbers of train tiles per fold
+(runs with a :data:`CURVE_COLUMN`), is laid out with each size as a column
+(:func:`curve_summary`, :func:`curve_markdown`, :func:`plot_curve`, :func:`write_curve`).
 """
 
 from __future__ import annotations
