@@ -119,6 +119,6 @@ def run_demo(out: Path, workers: int | None = None, epochs: int = DEMO_EPOCHS, s
         f"dataset: {dataset}   checkpoints: {run / 'checkpoints'}   report: {report} (results.md, "
         "runs.csv, predictions.parquet, plots)\n"
         f"next: geojepa evaluate --checkpoint {last} --dataset {dataset} -o my_report --repeats 10\n"
-        f"      (add --train-tiles 10 20 all for a learning curve: how the model does with few labels)"
+        "      (add --train-tiles 10 20 all for a learning curve: how the model does with few labels)"
     )
     return {"dataset": dataset, "checkpoint": last, "results": paths["results"]}
