@@ -811,12 +811,19 @@ def _size_headers(runs: pd.DataFrame) -> dict[str, str]:
     return headers
 
 
-def _by_size(rows: pd.DataFrame, task: str, headers: dict[str, str] | None = None) -> pd.DataFrame:
+def _by_size(rows: pd.DataFrame, task: str, headers: dict[str, str]) -> pd.DataFrame:
     """A learning curve's runs (or predictions) of one task with each row's size header
-    (default: :func:`_size_headers` of the rows) in place of its task, so the report's tables
-    lay the sizes out as they lay out tasks."""
+    (:func:`_size_headers`) in place of its task, so the report's tables lay the sizes out as
+    they lay out tasks."""
     rows = rows[rows["task"] == task]
-    return rows.assign(task=rows[CURVE_COLUMN].astype(str).map(headers or _size_headers(rows)))
+    return rows.assign(task=rows[CURVE_COLUMN].astype(str).map(headers))
+
+
+def _check_curve(runs: pd.DataFrame) -> None:
+    """Raise ``ValueError`` if a learning curve's runs lack its columns."""
+    missing = [column for column in (CURVE_COLUMN, "n_train") if column not in runs.columns]
+    if missing:
+        raise ValueError(f"runs lack the columns {', '.join(missing)}")
 
 
 def curve_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -832,9 +839,7 @@ def curve_summary(runs: pd.DataFrame) -> pd.DataFrame:
     Raises:
         ValueError: If ``runs`` lacks a column or has an unknown variant or role.
     """
-    missing = [column for column in (CURVE_COLUMN, "n_train") if column not in runs.columns]
-    if missing:
-        raise ValueError(f"runs lack the columns {', '.join(missing)}")
+    _check_curve(runs)
     parts = []
     for size, rows in runs.groupby(CURVE_COLUMN, sort=False):
         tiles = rows.groupby("fold")["n_train"].first().mean()
@@ -865,7 +870,7 @@ def curve_markdown(runs: pd.DataFrame, title: str, notes: Sequence[str],
     """
     if runs.empty:
         raise ValueError("no runs to report")
-    curve_summary(runs)  # checks the columns
+    _check_curve(runs)
     lines = [f"# {title}", "", *(f"- {note}" for note in notes), "",
              ("Columns: train tiles per fold. Cells: mean ± std over folds of the test MAE (binary "
               "tasks: error rate; lower is better) of the fold score (mean over probe seeds and "
@@ -877,7 +882,8 @@ def curve_markdown(runs: pd.DataFrame, title: str, notes: Sequence[str],
             continue
         lines += ["", f"## {SECTION_TITLES[variant]}"]
         for task in dict.fromkeys(in_variant["task"]):
-            sized = _by_size(in_variant, task)
+            headers = _size_headers(in_variant[in_variant["task"] == task])
+            sized = _by_size(in_variant, task, headers)
             summary = summarise(sized)
             columns = list(dict.fromkeys(sized["task"]))
             metric = "error rate" if (sized["kind"] == "binary").any() else "MAE"
@@ -887,7 +893,7 @@ def curve_markdown(runs: pd.DataFrame, title: str, notes: Sequence[str],
             lines += ["", "Paired wins:", "",
                       *_wins_table(summary, fold_scores(sized), variant, columns, _against_table)]
             if predictions is not None:
-                errors = tile_errors(_by_size(predictions, task, _size_headers(in_variant[in_variant["task"] == task])))
+                errors = tile_errors(_by_size(predictions, task, headers))
                 lines += ["", CURVE_TESTS_TEXT, "",
                           *_tests_table(summary, errors, variant, columns, _against_table)]
     return "\n".join(lines) + "\n"
