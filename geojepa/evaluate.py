@@ -403,7 +403,7 @@ def _prepare(
     if not (tasks_folder(dataset) / LABELS_NAME).is_file():
         build_tasks(dataset, progress=progress)
     labels = load_labels(dataset).to_pandas()
-    external = _check_external(embeddings or {}, [*loaded, *chosen], dataset, labels, config)
+    external = _check_external(embeddings or {}, [*loaded, *chosen], ds, labels, config)
     methods = _methods(loaded, external, ds, labels, config)
     return _Inputs(dataset, ds, labels, loaded, methods, chosen, external)
 
@@ -438,26 +438,26 @@ def external_file(path: Path, source: Path, dataset: Path) -> Path | None:
     return file if file.is_file() else None
 
 
-def _check_external(embeddings: dict[str, str | Path], taken: Sequence[str], dataset: Path,
+def _check_external(embeddings: dict[str, str | Path], taken: Sequence[str], ds: TileDataset,
                     labels: pd.DataFrame, config: EvalConfig) -> dict[str, Path]:
     """The external embeddings by name, each file the evaluation reads checked for every
     labelled tile (:func:`~geojepa.features.check_tile_embeddings`)."""
     external = {name: Path(path) for name, path in embeddings.items()}
     x, y = labels["x"].to_numpy(), labels["y"].to_numpy()
-    zoom = TileDataset(dataset).manifest.zoom
+    dataset = ds.folder
     for name, path in external.items():
         if name in taken or name in BASELINE_NAMES:
             raise GeoJepaError(f"the name {name!r} is taken by a checkpoint, a selection or a "
                                "baseline", path)
         if not path.exists():
             raise GeoJepaError("no such embeddings file or folder", path)
-        files = {external_file(path, source, dataset) for source in _sources(dataset, config)} - {None}
+        files = {file for source in _sources(dataset, config) if (file := external_file(path, source, dataset))}
         if not files:
             raise GeoJepaError(f"no embeddings for the evaluated inputs: expected {EXTERNAL_UNMASKED} "
                                f"or {MASKED_DIR}/<mask>.parquet in the folder (a lone file is the "
                                "unmasked input)", path)
-        for file in sorted(f for f in files if f is not None):
-            check_tile_embeddings(file, x, y, zoom)
+        for file in sorted(files):
+            check_tile_embeddings(file, x, y, ds.manifest.zoom)
     return external
 
 
