@@ -22,7 +22,13 @@ from lightning.pytorch.loggers import CSVLogger
 from geojepa.dataset.loader import TagVocabulary, TileStream
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint, with_dataset_tags
-from geojepa.train import GeoJEPAModule, TileDataModule, TrainConfig, _EpochStream, _PretrainingRecord
+from geojepa.train import (
+    GeoJEPAModule,
+    TileDataModule,
+    TrainConfig,
+    _EpochStream,
+    _PretrainingRecord,
+)
 
 parser = argparse.ArgumentParser()
 parser.add_argument("checkpoint")
