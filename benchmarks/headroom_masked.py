@@ -32,7 +32,8 @@ the pretrained models and their untrained twins (``benchmarks/evaluate/``).
 Run by hand from the repository root (venv active) on a dataset prepared and labelled by
 ``geojepa prepare`` and ``geojepa tasks`` (the 8 km city of the evaluate reports: ``geojepa synth
 src8 --size-km 8 --seed 3 --no-image``, ``geojepa prepare src8/synthetic_city.osm.pbf -o city8
---zoom 17 --group-zoom 14``; 19 minutes there, 17 on Helsinki's 95 tiles):
+--zoom 17 --group-zoom 14``; there max_speed alone takes 18 minutes, all three tasks on Helsinki's
+95 tiles 17):
 
     python benchmarks/headroom_masked.py city8
     python benchmarks/headroom_masked.py hel17 --group-zoom 15
