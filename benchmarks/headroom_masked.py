@@ -58,15 +58,14 @@ from geojepa.dataset.reader import TileDataset
 from geojepa.evaluate import spatial_folds
 from geojepa.features import tag_count_features
 from geojepa.probes import Fold, fit_dummy
-from geojepa.tasks import TASKS, masked_dataset
+from geojepa.tasks import CAR_ROADS, TASKS, masked_dataset
 
 MLP_SEEDS = 3
 MAX_TAGS = 2000
 BOOST_ITERATIONS = (25, 50, 100, 200, 400)
 KINDS = 4  # point, line, polygon, relation
-ROAD_CLASSES = ("motorway", "trunk", "primary", "secondary", "tertiary", "unclassified", "residential",
-                "living_street", "service")
-"""Car-road values of ``highway``, from the fastest class down."""
+ROAD_CLASSES = tuple(value for value in CAR_ROADS if not value.endswith("_link") and value != "road")
+"""Car-road values of ``highway`` (motorway .. service), from the fastest class down."""
 
 
 def tag_geometry(dataset: Path, vocab: list[str]) -> NDArray[np.float64]:
@@ -105,7 +104,7 @@ def road_classes(dataset: Path) -> NDArray[np.float64]:
     its road's class.
     """
     rank = {value: i for i, value in enumerate(ROAD_CLASSES)}
-    rank |= {f"{value}_link": i for value, i in list(rank.items())[:5]}
+    rank |= {value: rank[value.removesuffix("_link")] for value in CAR_ROADS if value.endswith("_link")}
     rows = []
     for batch in TileDataset(dataset).iter_batches(columns=["entities"]):
         for entities in batch.column("entities").to_pylist():
