@@ -87,7 +87,7 @@ POOLS: dict[str, Pooling] = {
 def tag_vectors(dataset: Path, vocab: list[str], table_folder: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """TagPool's per-entity vectors over the whole dataset and the row of each entity's tile."""
     vectors, tiles, offset = [], [], 0
-    for v, tile, num_tiles in iter_entity_tag_vectors(dataset, vocab, table_folder):
+    for v, tile, num_tiles, _ in iter_entity_tag_vectors(dataset, vocab, table_folder):
         vectors.append(v)
         tiles.append(tile + offset)
         offset += num_tiles

@@ -298,7 +298,9 @@ def _add_evaluate(sub: argparse._SubParsersAction, full: bool) -> None:
                    f"(multi-layer probing; default {d.layers})")
     p.add_argument("--pool", choices=TILE_POOLS, default=d.pool,
                    help="tile embeddings pool all tokens together (tokens, the SPEC's) or, for "
-                   "models with images, entities and image patches apart (modality); predicted "
+                   "models with images, entities and image patches apart (modality); kind pools "
+                   "each entity kind (points, lines, polygons, relations) and the patches apart, "
+                   "for every model and TagPool alike; predicted "
                    "adds what the JEPA predictor expects on a grid over the tile, i.e. what the "
                    f"tile's tokens imply about entities it lacks (default {d.pool})")
     p.add_argument("--whitening", nargs="+", type=_whitening, default=list(d.whitening),

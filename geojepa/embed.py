@@ -246,8 +246,10 @@ def iter_embeddings(
         layers: Pool the outputs of the encoder's last ``layers`` blocks into the tile
             embedding (``2 * layers * d`` numbers; see :meth:`GeoJEPA.embed`).
         pool: ``"tokens"`` pools all tokens together; ``"modality"`` pools a model's entities
-            and image patches apart (twice the numbers for a model with both); ``"predicted"``
-            adds the predictor's expectations on a grid over the tile (``2 * d`` more).
+            and image patches apart (twice the numbers for a model with both); ``"kind"`` pools
+            each entity kind (points, lines, polygons, relations) and the image patches apart
+            (4 or 5 times the numbers); ``"predicted"`` adds the predictor's expectations on a
+            grid over the tile (``2 * d`` more).
         layered_tokens: Entity and patch embeddings concatenate the last ``layers`` blocks'
             outputs too (``layers * d`` numbers) instead of the last block's alone.
 

@@ -128,7 +128,8 @@ class EvalConfig:
         pool: ``"tokens"`` (SPEC section 5) pools all of a tile's tokens together;
             ``"modality"`` pools the entities and the image patches of models with both apart
             and concatenates the two (see :meth:`~geojepa.model.jepa.GeoJEPA.embed`);
-            ``"predicted"`` adds the predictor's expectations on a grid over the tile
+            ``"kind"`` pools each entity kind (points, lines, polygons, relations) apart too,
+            TagPool's tag vectors included; ``"predicted"`` adds the predictor's expectations on a grid over the tile
             (:meth:`~geojepa.model.jepa.GeoJEPA.predict_grid`); for every model, untrained twin
             and image-only baseline alike.
         best_replicate: Also report, for every method with several replicates (pretraining
@@ -813,7 +814,8 @@ def _methods(loaded: dict[str, list[Checkpoint]], external: dict[str, Path], ds:
                            for r, c in enumerate(cs))
     if "tagpool" in config.baselines:
         methods.append(Method("TagPool", "baseline",
-                              lambda d, tokens: tag_pool_inputs(d, vocab, ds.folder, tokens)))
+                              lambda d, tokens: tag_pool_inputs(d, vocab, ds.folder, tokens,
+                                                                by_kind=config.pool == "kind")))
     if "tagcount" in config.baselines:
         methods.append(Method("TagCount", "baseline", lambda d, _: Features(
             tag_count_features(d, vocab, config.tag_count_vocab)), tokens=False))
@@ -1001,7 +1003,12 @@ def _notes(
                      "tokens, [max, mean] of what the JEPA predictor expects at each cell of an "
                      f"{PREDICTED_GRID} x {PREDICTED_GRID} grid over the tile from all its tokens "
                      "(not in the SPEC): what the inputs imply about entities they lack.")
-    if config.pool != "tokens" and any(cs[0].config.uses_images for cs in loaded.values()):
+    if config.pool == "kind":
+        notes.append("Tile embeddings (of every model, random-init twin and TagPool) pool each "
+                     "entity kind apart, [max, mean] over the tile's points, lines, polygons and "
+                     "relations, concatenated (zeros for a kind the tile lacks), and the image "
+                     "patches of models with images apart too, not all tokens together (SPEC).")
+    if config.pool not in ("tokens", "kind") and any(cs[0].config.uses_images for cs in loaded.values()):
         notes.append("Tile embeddings of models with images pool their entity tokens and their "
                      "image patches apart ([max, mean] of each, concatenated), not all tokens "
                      "together (SPEC).")

@@ -36,6 +36,7 @@ from geojepa.embed import Checkpoint, embed_dataset
 from geojepa.errors import GeoJepaError
 from geojepa.model.jepa import GeoJEPA, TilePool
 from geojepa.model.text import tag_embedding_table
+from geojepa.model.tokenizer import NUM_KINDS
 from geojepa.probes import TokenSets
 
 
@@ -58,7 +59,8 @@ def model_features(
     layers: int = 1, pool: TilePool = "tokens",
 ) -> NDArray[np.float32]:
     """Tile embeddings of a model, ``[T, 2 * layers * d]`` (twice as wide when ``pool`` is
-    ``"modality"`` and the model has entities and images; see :func:`embed_dataset`)."""
+    ``"modality"`` and the model has entities and images, 4 or 5 times with ``"kind"``; see
+    :func:`embed_dataset`)."""
     return model_inputs(checkpoint, dataset, image_only, batch_size, layers, pool).tile
 
 
@@ -89,7 +91,7 @@ def model_inputs(
 
 def iter_entity_tag_vectors(
     dataset: Path, vocab: list[str], table_folder: Path
-) -> Iterator[tuple[NDArray[np.float32], NDArray[np.int64], int]]:
+) -> Iterator[tuple[NDArray[np.float32], NDArray[np.int64], int, NDArray[np.int8]]]:
     """Each entity's tag vector (the sum of the MiniLM vectors of its tags), batch by batch.
 
     Args:
@@ -100,7 +102,8 @@ def iter_entity_tag_vectors(
 
     Yields:
         Per stored batch: ``[E, 384]`` entity vectors, ``[E]`` the row of each entity's tile
-        within the batch, and the batch's number of tiles.
+        within the batch, the batch's number of tiles and ``[E]`` each entity's kind (0 point,
+        1 line, 2 polygon, 3 relation).
     """
     table = tag_embedding_table(table_folder, vocab).numpy()
     ids = TagVocabulary(vocab)
@@ -109,21 +112,29 @@ def iter_entity_tag_vectors(
         tags = entities.field("tags")
         vectors = np.zeros((len(entities), table.shape[1]), np.float32)
         np.add.at(vectors, pc.list_parent_indices(tags).to_numpy(), table[ids.ids(pc.list_flatten(tags))])
-        yield vectors, pc.list_parent_indices(batch.column("entities")).to_numpy(), batch.num_rows
+        yield (vectors, pc.list_parent_indices(batch.column("entities")).to_numpy(), batch.num_rows,
+               entities.field("kind").to_numpy(zero_copy_only=False))
 
 
-def tag_pool_features(dataset: Path, vocab: list[str], table_folder: Path) -> NDArray[np.float32]:
+def tag_pool_features(dataset: Path, vocab: list[str], table_folder: Path,
+                      by_kind: bool = False) -> NDArray[np.float32]:
     """TagPool features ``[T, 2 * 384]``: max and mean of the entities' tag vectors (arguments
-    as :func:`iter_entity_tag_vectors`)."""
-    return tag_pool_inputs(dataset, vocab, table_folder).tile
+    as :func:`iter_entity_tag_vectors`; ``by_kind`` as :func:`tag_pool_inputs`)."""
+    return tag_pool_inputs(dataset, vocab, table_folder, by_kind=by_kind).tile
 
 
-def tag_pool_inputs(dataset: Path, vocab: list[str], table_folder: Path, tokens: bool = False) -> Features:
+def tag_pool_inputs(dataset: Path, vocab: list[str], table_folder: Path, tokens: bool = False,
+                    by_kind: bool = False) -> Features:
     """TagPool features (as :func:`tag_pool_features`), with ``tokens`` also the entities' tag
-    vectors themselves as one kind of token."""
+    vectors themselves as one kind of token; ``by_kind`` pools each entity kind apart (points,
+    lines, polygons, relations: ``[T, 4 * 2 * 384]``), as a model's ``"kind"`` tile pooling."""
     vectors, tiles, pooled, offset = [], [], [], 0
-    for batch_vectors, tile, num_tiles in iter_entity_tag_vectors(dataset, vocab, table_folder):
-        pooled.append(pool_rows(batch_vectors, tile, num_tiles))
+    for batch_vectors, tile, num_tiles, kind in iter_entity_tag_vectors(dataset, vocab, table_folder):
+        if by_kind:
+            pooled.append(np.concatenate([pool_rows(batch_vectors[kind == k], tile[kind == k], num_tiles)
+                                          for k in range(NUM_KINDS)], axis=1))
+        else:
+            pooled.append(pool_rows(batch_vectors, tile, num_tiles))
         if tokens:
             vectors.append(batch_vectors)
             tiles.append(tile + offset)

@@ -398,7 +398,7 @@ def test_image_only_baseline_ignores_the_entities(tmp_path: Path) -> None:
     together = runs[runs["method"] == "TI"].set_index(["variant", "fold"])["metric"]
     assert (pooled[pooled["method"] == "TI"].set_index(["variant", "fold"])["metric"]
             != together).any()
-    with pytest.raises(GeoJepaError, match="pool must be one of tokens, modality, predicted, got"):
+    with pytest.raises(GeoJepaError, match="pool must be one of tokens, modality, kind, predicted, got"):
         evaluate({"TI": ckpt}, ds, tmp_path / "q", replace(config, pool="patches"), progress=False)
     # the set probe reads the token embeddings of every method that has some (not TagCount)
     sets = replace(config, probes=("linear", "set"), seeds=1, baselines=("image", "tagpool", "tagcount"))
@@ -692,6 +692,13 @@ def test_cli_multi_layer_probing_widens_every_model_feature(
     tagpool = predicted["method"] == "TagPool"
     assert predicted.loc[tagpool, "metric"].equals(same.loc[same["method"] == "TagPool", "metric"])
     assert not predicted.loc[~tagpool, "metric"].equals(same.loc[same["method"] != "TagPool", "metric"])
+    # each entity kind pooled apart: 4 times the numbers for the models and TagPool alike
+    assert main([*base, "-o", str(tmp_path / "k"), "--pool", "kind"]) == 0
+    dims = pd.read_csv(tmp_path / "k" / "health.csv").set_index("method")["dims"]
+    assert dims["m"] == dims["m random init"] == 4 * 2 * TINY["d"] and dims["TagPool"] == 4 * 2 * 384
+    assert "pool each entity kind apart" in (tmp_path / "k" / "results.md").read_text()
+    by_kind = pd.read_csv(tmp_path / "k" / "runs.csv").set_index(["method", "fold"])["metric"]
+    assert (by_kind != same.set_index(["method", "fold"])["metric"]).groupby("method").any().all()
     capsys.readouterr()
     assert main([*base, "-o", str(tmp_path / "s"), "--layers", "3"]) == 2
     assert "layers must be between 1 and the model's depth 2, got 3" in capsys.readouterr().err

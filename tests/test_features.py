@@ -32,23 +32,32 @@ def test_pool_rows_is_max_then_mean_per_tile_and_zero_for_an_empty_tile() -> Non
 def test_tag_pool_pools_each_entitys_summed_tag_vectors(
     fixture_osm: Path, tmp_path: Path
 ) -> None:
-    """Row by row against the MiniLM vectors read straight from the stored tags."""
+    """Row by row against the MiniLM vectors read straight from the stored tags, all entities
+    together and each entity kind apart."""
     ds = tmp_path / "ds"
     prepare([fixture_osm], ds, config=PrepareConfig(workers=0), progress=False)
     vocab = TileDataset(ds).vocabulary().column("tag").to_pylist()
     table = tag_embedding_table(ds, vocab).numpy()
     row_of = {tag: i + 1 for i, tag in enumerate(vocab)}  # row 0: no tag
     features = tag_pool_features(ds, vocab, ds)
+    by_kind = tag_pool_features(ds, vocab, ds, by_kind=True)
     tiles = [t for b in TileDataset(ds).iter_batches(columns=["entities"])
              for t in b.column("entities").to_pylist()]
-    assert features.shape == (len(tiles), 2 * table.shape[1])
+    d = table.shape[1]
+    assert features.shape == (len(tiles), 2 * d) and by_kind.shape == (len(tiles), 4 * 2 * d)
     assert sum(bool(t) for t in tiles) >= 2
-    for entities, row in zip(tiles, features, strict=True):
+    assert len({e["kind"] for t in tiles for e in t}) >= 3  # points, lines and polygons
+    for entities, row, kinds_row in zip(tiles, features, by_kind, strict=True):
         if not entities:
-            assert not row.any()
+            assert not row.any() and not kinds_row.any()
             continue
         vectors = np.stack([table[[row_of[t] for t in e["tags"]]].sum(axis=0) for e in entities])
         np.testing.assert_allclose(row, np.concatenate([vectors.max(0), vectors.mean(0)]), atol=1e-5)
+        kind = np.array([e["kind"] for e in entities])
+        for k, part in enumerate(np.split(kinds_row, 4)):
+            mine = vectors[kind == k]
+            expected = np.concatenate([mine.max(0), mine.mean(0)]) if len(mine) else np.zeros(2 * d)
+            np.testing.assert_allclose(part, expected, atol=1e-5)
 
 
 def test_isotropic_embeddings_are_healthy() -> None:

@@ -43,6 +43,7 @@ from geojepa.model.masks import (
 )
 from geojepa.model.text import cache_path, load_tag_table, tag_embedding_table
 from geojepa.model.tokenizer import (
+    NUM_KINDS,
     ImageStem,
     Tokenizer,
     Tokens,
@@ -281,12 +282,34 @@ def config_from_preset(name: str, **overrides: Any) -> GeoJEPAConfig:
     return replace(GeoJEPAConfig(), **{**PRESETS[name], **overrides})
 
 
-TilePool = Literal["tokens", "modality", "predicted"]
+TilePool = Literal["tokens", "modality", "kind", "predicted"]
 """How :meth:`GeoJEPA.embed` pools tokens into a tile embedding."""
-TILE_POOLS: tuple[TilePool, ...] = ("tokens", "modality", "predicted")
+TILE_POOLS: tuple[TilePool, ...] = ("tokens", "modality", "kind", "predicted")
 
 PREDICTED_GRID = 8
 """Cells per side of the query raster of :meth:`GeoJEPA.predict_grid` (the ``"predicted"`` pool)."""
+
+
+def _pool_groups(modality: Tensor, valid: Tensor, entity_kind: Tensor, pool: TilePool,
+                 entities: bool, images: bool) -> list[Tensor]:
+    """The token sets :meth:`GeoJEPA.embed` pools apart, each ``Bool[B, L]``.
+
+    Args:
+        modality: ``Long[B, L]`` each token's modality (entity tokens first).
+        valid: ``Bool[B, L]`` real tokens.
+        entity_kind: ``Long[B, N]`` the entities' kinds (see :class:`TileBatch`).
+        pool: The tile pooling.
+        entities: Whether the model has entity tokens.
+        images: Whether the model has image tokens.
+    """
+    if pool == "tokens" or not entities:
+        return [valid]
+    if pool == "kind":
+        kind = torch.full_like(modality, -1)
+        kind[:, : entity_kind.shape[1]] = entity_kind
+        groups = [valid & (modality == ENTITY) & (kind == k) for k in range(NUM_KINDS)]
+        return groups + ([valid & (modality == IMAGE)] if images else [])
+    return [valid & (modality == m) for m in (ENTITY, IMAGE)] if images else [valid]
 
 
 def _max_mean(h: Tensor, keep: Tensor) -> Tensor:
@@ -546,7 +569,9 @@ class GeoJEPA(nn.Module):
                 ``"modality"``: [max, mean] over its entity tokens, then [max, mean] over its
                 image patches, concatenated, so the many patch tokens of a model with images
                 cannot drown its entities; the same as ``"tokens"`` for a model of one kind of
-                token. ``"predicted"``: ``"modality"``, then [max, mean] of what the predictor
+                token. ``"kind"``: as ``"modality"``, with the entity tokens pooled per entity
+                kind too (points, lines, polygons, relations, in that order), so the few roads
+                of a tile are not drowned by its many buildings and points. ``"predicted"``: ``"modality"``, then [max, mean] of what the predictor
                 expects at every cell of a grid over the tile (:meth:`predict_grid`): what the
                 tile's tokens imply about entities they do not show.
             layered_tokens: Token embeddings concatenate the last ``layers`` blocks' outputs
@@ -557,8 +582,9 @@ class GeoJEPA(nn.Module):
             ``tokens`` ``Float[B, L, d]`` (zeros at padding; ``layers * d`` wide with
             ``layered_tokens``), ``valid`` ``Bool[B, L]`` and
             ``tiles`` ``Float[B, 2 * k * layers * d]`` (``k`` = the kinds of token pooled
-            apart: 1, or 2 with ``"modality"`` for a model with entities and images; ``2 * d``
-            more with ``"predicted"``): [max,
+            apart: 1, or 2 with ``"modality"`` for a model with entities and images, 4 with
+            ``"kind"`` for a model with entities, 5 with images too; ``2 * d`` more with
+            ``"predicted"``): [max,
             mean] over each tile's real tokens only (zeros where a tile has none), so a tile's
             embedding never depends on its batch-mates.
 
@@ -572,10 +598,8 @@ class GeoJEPA(nn.Module):
         tokens = self.target.tokenizer(batch)
         h = self.target.encoder(tokens.x, tokens.valid, layers).float()
         valid = tokens.valid
-        groups = [valid]
-        apart = pool != "tokens" and self.config.uses_images
-        if apart and set(self.config.modalities) - {"I"}:
-            groups = [valid & (tokens.modality == kind) for kind in (ENTITY, IMAGE)]
+        groups = _pool_groups(tokens.modality, valid, batch.kind, pool,
+                              bool(set(self.config.modalities) - {"I"}), self.config.uses_images)
         pooled = [_max_mean(h, g) for g in groups]
         if pool == "predicted":
             predicted = self.predict_grid(batch)

@@ -99,12 +99,15 @@ def stack(first: TileBatch, second: TileBatch) -> TileBatch:
 
 @pytest.mark.parametrize(("modalities", "pool"), [("GT", "tokens"), ("GTI", "tokens"),
                                                   ("GTI", "modality"), ("GT", "predicted"),
-                                                  ("GTI", "predicted")])
+                                                  ("GTI", "predicted"), ("GT", "kind"),
+                                                  ("GTI", "kind")])
 def test_tile_embedding_ignores_batch_mates_and_padding(modalities: str, pool: TilePool) -> None:
     model = make_model(modalities).train()  # embed must not depend on the mode either
     batch = image_batch() if "I" in modalities else random_batch()
     tokens, valid, tiles = model.embed(batch, pool=pool)
     kinds = 2 if pool != "tokens" and "I" in modalities else 1
+    if pool == "kind":
+        kinds = 4 + ("I" in modalities)
     predicted = int(pool == "predicted")
     assert tiles.shape == (3, (kinds + predicted) * 2 * 32) and torch.isfinite(tiles).all()
     for tile in range(3):
@@ -183,8 +186,35 @@ def test_modality_pooling_keeps_entities_and_patches_apart() -> None:
     assert torch.equal(plain.embed(gt_batch, pool="modality")[2], plain.embed(gt_batch)[2])
     deep = make_model("GTI", depth=3).embed(batch, layers=2, pool="modality")[2]
     assert deep.shape == (3, 2 * 2 * 2 * 32)
-    with pytest.raises(ValueError, match="pool must be one of tokens, modality, predicted, got"):
+    with pytest.raises(ValueError, match="pool must be one of tokens, modality, kind, predicted, got"):
         model.embed(batch, pool="entities")  # type: ignore[arg-type]
+
+
+def test_kind_pooling_keeps_each_entity_kind_and_the_patches_apart() -> None:
+    model = make_model("GTI")
+    batch = image_batch(counts=(4, 0, 10))  # tile 1: no entities and no image
+    tokens, valid, _ = model.embed(batch)
+    _, _, apart = model.embed(batch, pool="kind")
+    assert apart.shape == (3, 5 * 64)
+    n = batch.valid.shape[1]
+    for tile in range(3):
+        parts = []
+        for kind in range(4):
+            real = tokens[tile, :n][valid[tile, :n] & (batch.kind[tile] == kind)]
+            parts += [real.amax(dim=0), real.mean(dim=0)] if len(real) else [torch.zeros(64)]
+        patches = tokens[tile, n:][valid[tile, n:]]
+        parts += [patches.amax(dim=0), patches.mean(dim=0)] if len(patches) else [torch.zeros(64)]
+        assert torch.allclose(apart[tile], torch.cat(parts), atol=1e-6)
+    assert (apart[1] == 0).all()
+    present = {int(k) for k in batch.kind[2][batch.valid[2]]}
+    assert len(present) > 1  # the test pools several kinds
+    for kind in range(4):  # a kind the tile lacks is zeros, one it has is not
+        assert bool((apart[2, kind * 64:(kind + 1) * 64] != 0).any()) == (kind in present)
+    # the entity kinds of a model without images, and an image-only model pools as one set
+    gt_batch = random_batch(counts=(4, 0, 10))
+    assert make_model("GT").embed(gt_batch, pool="kind")[2].shape == (3, 4 * 64)
+    only = make_model("I")
+    assert torch.equal(only.embed(batch, pool="kind")[2], only.embed(batch)[2])
 
 
 def test_predicted_pool_adds_the_predictors_answers_on_a_grid_over_the_tile() -> None:
