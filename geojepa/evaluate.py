@@ -129,9 +129,9 @@ class EvalConfig:
             ``"modality"`` pools the entities and the image patches of models with both apart
             and concatenates the two (see :meth:`~geojepa.model.jepa.GeoJEPA.embed`);
             ``"kind"`` pools each entity kind (points, lines, polygons, relations) apart too,
-            TagPool's tag vectors included; ``"predicted"`` adds the predictor's expectations on a grid over the tile
-            (:meth:`~geojepa.model.jepa.GeoJEPA.predict_grid`); for every model, untrained twin
-            and image-only baseline alike.
+            TagPool's tag vectors included; ``"predicted"`` adds the predictor's expectations
+            on a grid over the tile (:meth:`~geojepa.model.jepa.GeoJEPA.predict_grid`); for
+            every model, untrained twin and image-only baseline alike.
         best_replicate: Also report, for every method with several replicates (pretraining
             runs, and their random initialisations), the replicate chosen per task, probe and
             fold on the validation rows (see :func:`best_replicate`).

@@ -571,9 +571,10 @@ class GeoJEPA(nn.Module):
                 cannot drown its entities; the same as ``"tokens"`` for a model of one kind of
                 token. ``"kind"``: as ``"modality"``, with the entity tokens pooled per entity
                 kind too (points, lines, polygons, relations, in that order), so the few roads
-                of a tile are not drowned by its many buildings and points. ``"predicted"``: ``"modality"``, then [max, mean] of what the predictor
-                expects at every cell of a grid over the tile (:meth:`predict_grid`): what the
-                tile's tokens imply about entities they do not show.
+                of a tile are not drowned by its many buildings and points. ``"predicted"``:
+                ``"modality"``, then [max, mean] of what the predictor expects at every cell of
+                a grid over the tile (:meth:`predict_grid`): what the tile's tokens imply about
+                entities they do not show.
             layered_tokens: Token embeddings concatenate the last ``layers`` blocks' outputs
                 too (``layers * d`` wide, the last block last), as the set probe reads them;
                 otherwise they are the last block's.
