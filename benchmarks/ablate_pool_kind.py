@@ -36,7 +36,13 @@ from numpy.typing import NDArray
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint
 from geojepa.evaluate import repeated_spatial_folds
-from geojepa.features import model_inputs, pool_rows, random_init, tag_pool_inputs
+from geojepa.features import (
+    model_inputs,
+    pool_rows,
+    pool_rows_by_kind,
+    random_init,
+    tag_pool_inputs,
+)
 from geojepa.probes import fit_dummy, fit_linear
 from geojepa.tasks import masked_dataset
 
@@ -53,9 +59,7 @@ def entity_kinds(dataset: Path) -> NDArray[np.int8]:
 def pooled(x: NDArray[np.float32], tile: NDArray[np.int64], kind: NDArray[np.int8], pool: str,
            num_tiles: int) -> NDArray[np.float32]:
     """``[max, mean]`` of all rows per tile, or of each kind's rows apart."""
-    if pool == "tokens":
-        return pool_rows(x, tile, num_tiles)
-    return np.concatenate([pool_rows(x[kind == k], tile[kind == k], num_tiles) for k in range(4)], axis=1)
+    return pool_rows(x, tile, num_tiles) if pool == "tokens" else pool_rows_by_kind(x, tile, kind, num_tiles)
 
 
 def fits(args: argparse.Namespace) -> dict[tuple[str, str, str], tuple[NDArray, NDArray]]:

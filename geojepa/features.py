@@ -130,11 +130,8 @@ def tag_pool_inputs(dataset: Path, vocab: list[str], table_folder: Path, tokens:
     lines, polygons, relations: ``[T, 4 * 2 * 384]``), as a model's ``"kind"`` tile pooling."""
     vectors, tiles, pooled, offset = [], [], [], 0
     for batch_vectors, tile, num_tiles, kind in iter_entity_tag_vectors(dataset, vocab, table_folder):
-        if by_kind:
-            pooled.append(np.concatenate([pool_rows(batch_vectors[kind == k], tile[kind == k], num_tiles)
-                                          for k in range(NUM_KINDS)], axis=1))
-        else:
-            pooled.append(pool_rows(batch_vectors, tile, num_tiles))
+        pooled.append(pool_rows_by_kind(batch_vectors, tile, kind, num_tiles) if by_kind
+                      else pool_rows(batch_vectors, tile, num_tiles))
         if tokens:
             vectors.append(batch_vectors)
             tiles.append(tile + offset)
@@ -166,6 +163,21 @@ def pool_rows(vectors: NDArray[np.float32], tile: NDArray[np.int64], num_tiles: 
     np.add.at(total, tile, vectors)
     count = np.bincount(tile, minlength=num_tiles)[:, None]
     return np.concatenate([top, total / np.maximum(count, 1)], axis=1)
+
+
+def pool_rows_by_kind(vectors: NDArray[np.float32], tile: NDArray[np.int64], kind: NDArray[np.integer],
+                      num_tiles: int) -> NDArray[np.float32]:
+    """:func:`pool_rows` of each entity kind apart (points, lines, polygons, relations),
+    concatenated: ``[num_tiles, NUM_KINDS * 2 * c]``, as a model's ``"kind"`` tile pooling.
+
+    Args:
+        vectors: ``[N, c]`` entity vectors.
+        tile: ``[N]`` the tile of each entity.
+        kind: ``[N]`` each entity's kind, ``0 <= kind < NUM_KINDS``.
+        num_tiles: Number of tiles.
+    """
+    return np.concatenate([pool_rows(vectors[kind == k], tile[kind == k], num_tiles)
+                           for k in range(NUM_KINDS)], axis=1)
 
 
 def tag_count_features(dataset: Path, vocab: list[str], max_tags: int = 2000) -> NDArray[np.float32]:
