@@ -37,7 +37,7 @@ from sklearn.preprocessing import StandardScaler
 
 from geojepa.dataset.reader import TileDataset
 from geojepa.embed import load_checkpoint
-from geojepa.features import iter_entity_tag_vectors, model_inputs, random_init
+from geojepa.features import model_inputs, random_init, tag_pool_inputs
 from geojepa.tasks import CAR_ROADS, masked_dataset
 
 
@@ -54,14 +54,10 @@ def road_classes(dataset: Path) -> NDArray[np.object_]:
 def tag_vectors(dataset: Path, masked: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Layer-normed entity tag vectors of ``masked`` and each entity's tile."""
     vocab = TileDataset(dataset).vocabulary().column("tag").to_pylist()
-    vectors, tiles, offset = [], [], 0
-    for v, tile, num_tiles, _ in iter_entity_tag_vectors(masked, vocab, dataset):
-        vectors.append(v)
-        tiles.append(tile + offset)
-        offset += num_tiles
-    x = np.concatenate(vectors)
-    x = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
-    return x, np.concatenate(tiles)
+    sets = tag_pool_inputs(masked, vocab, dataset, tokens=True).tokens
+    assert sets is not None
+    x = sets.x
+    return (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5), sets.tile
 
 
 def classifier() -> object:
