@@ -274,7 +274,6 @@ _GABLE_TYPES = (0, 1)
 _COURTYARD_TYPES = (2, 3, 4, 5)
 _SHED, _GARAGE = 8, 9
 
-DISTRICTS = ("residential", "commercial", "industrial", "park")
 STYLES = ("houses", "apartments", "commercial", "industrial", "park", "riverside_park")
 _HOUSES, _APARTMENTS, _COMMERCIAL, _INDUSTRIAL, _PARK, _RIVERSIDE = range(6)
 

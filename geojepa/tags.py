@@ -63,9 +63,3 @@ class TagFilter:
 
     def __reduce__(self) -> tuple[type, tuple[tuple[str, ...]]]:
         return (TagFilter, (self.excluded,))
-
-
-def split_tag(tag: str) -> tuple[str, str]:
-    """Split ``key=value`` at the first ``=``."""
-    key, _, value = tag.partition("=")
-    return key, value

@@ -421,8 +421,6 @@ class _MaskedWriter:
         self.writer: pq.ParquetWriter | None = None
         self.vocab: Counter[str] = Counter()
         self.entities = dict.fromkeys(SPLITS, 0)
-        self.tags_removed = 0
-        self.entities_removed = 0
 
     def open_shard(self, name: str, schema: pa.Schema) -> None:
         """Start the masked copy of the source shard ``name``."""

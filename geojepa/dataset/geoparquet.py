@@ -16,8 +16,6 @@ from pyproj import CRS
 from geojepa.dataset.reader import TileDataset
 from geojepa.osm import KIND_NAMES, OSM_TYPE_NAMES
 
-ENTITY_COLUMNS = ("osm_type", "osm_id", "kind", "tags", "geometry")
-
 
 def _flat_entities(batch: pa.RecordBatch) -> pa.Table:
     """One row per entity piece of a batch of tiles, with its tile and split."""

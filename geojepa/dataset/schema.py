@@ -11,7 +11,6 @@ SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "manifest.json"
 VOCAB_NAME = "vocab.parquet"
 TILES_DIR = "tiles"
-GROUP_ZOOM_DEFAULT = 14
 
 ENTITY_TYPE = pa.struct(
     [
