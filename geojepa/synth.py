@@ -85,7 +85,7 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -717,90 +717,166 @@ def _signalised_junctions(
 
 
 
-def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
-    """Generate the whole city in memory (geometry in local metres, tags, image shapes)."""
-    _validate(config)
-    S = config.size_km * 1000.0
-    streams = np.random.SeedSequence([config.seed, 0x5EED]).spawn(11)
-    (rng_grid, rng_river, rng_district, rng_roads, rng_lots, rng_tags, rng_poi, rng_park,
-     rng_trees, rng_image, rng_signals) = (np.random.default_rng(s) for s in streams)
-    nodes = _Nodes()
-    ways: list[tuple[list[int], Tags]] = []
-    relations: list[tuple[list[Member], Tags]] = []
-    src = SOURCE_VALUE
+@dataclass(frozen=True)
+class _Streams:
+    """The city's random streams, one per concern, so that one part's settings (e.g. the
+    signals') leave the others' draws as they were."""
 
-    # ---- street grid ------------------------------------------------------------------------
-    def line_positions() -> FloatArray:
-        n = max(2, round(S / config.block_size_m))
-        d = 1.0 + config.block_jitter * rng_grid.uniform(-1.0, 1.0, n)
-        pos = np.concatenate([[0.0], np.cumsum(d / d.sum() * S)])
-        pos[-1] = S
-        return pos
+    grid: np.random.Generator
+    river: np.random.Generator
+    district: np.random.Generator
+    roads: np.random.Generator
+    lots: np.random.Generator
+    tags: np.random.Generator
+    poi: np.random.Generator
+    park: np.random.Generator
+    trees: np.random.Generator
+    image: np.random.Generator
+    signals: np.random.Generator
 
-    X = line_positions()
-    Y = line_positions()
+    @classmethod
+    def from_seed(cls, seed: int) -> _Streams:
+        streams = np.random.SeedSequence([seed, 0x5EED]).spawn(11)
+        return cls(*(np.random.default_rng(s) for s in streams))
 
-    def line_classes(n: int) -> IntArray:
-        k = (np.arange(n) - int(rng_grid.integers(0, 8))) % 8
-        cls = np.full(n, _RESIDENTIAL, dtype=np.int64)
-        cls[k % 2 == 0] = _TERTIARY
-        cls[k % 4 == 0] = _SECONDARY
-        cls[k == 0] = _PRIMARY
-        return cls
 
-    cls_v = line_classes(len(X))
-    cls_h = line_classes(len(Y))
-    width = np.asarray(ROAD_WIDTH_M)
-    nx, ny = len(X), len(Y)
-    ncx = nx - 1
+def _line_positions(size: float, config: SynthConfig, rng: np.random.Generator) -> FloatArray:
+    """Jittered positions of one axis's street lines, from 0 to ``size`` inclusive."""
+    n = max(2, round(size / config.block_size_m))
+    d = 1.0 + config.block_jitter * rng.uniform(-1.0, 1.0, n)
+    pos = np.concatenate([[0.0], np.cumsum(d / d.sum() * size)])
+    pos[-1] = size
+    return pos
 
-    # ---- river --------------------------------------------------------------------------------
-    W0 = config.river_width_m
-    wavelength = min(rng_river.uniform(0.7, 1.3) * S, rng_river.uniform(3000.0, 6000.0))
-    amplitude = min(rng_river.uniform(0.03, 0.06) * wavelength, 0.1 * S)
-    phase = rng_river.uniform(0.0, 2.0 * math.pi)
-    river_y0 = rng_river.uniform(0.38, 0.62) * S
-    # Islands: in the middle of block columns away from the edges, spread along the river.
-    n_islands = max(1, int(S // 2500))
-    inner_cols = np.arange(1, ncx - 1) if ncx >= 3 else np.arange(ncx)
-    picks = np.sort(rng_river.choice(inner_cols, size=min(n_islands, len(inner_cols)),
-                                     replace=False))
-    isl_x = (X[picks] + X[picks + 1]) / 2.0
-    isl_sigma = np.minimum((X[picks + 1] - X[picks]) / 4.0, 1.2 * W0)
 
-    def river_y(x: Any) -> Any:
-        return river_y0 + amplitude * np.sin(2.0 * math.pi * np.asarray(x) / wavelength + phase)
+def _line_classes(n: int, rng: np.random.Generator) -> IntArray:
+    """Classes of ``n`` parallel street lines: a periodic hierarchy with a random phase."""
+    k = (np.arange(n) - int(rng.integers(0, 8))) % 8
+    cls = np.full(n, _RESIDENTIAL, dtype=np.int64)
+    cls[k % 2 == 0] = _TERTIARY
+    cls[k % 4 == 0] = _SECONDARY
+    cls[k == 0] = _PRIMARY
+    return cls
 
-    def river_w(x: Any) -> FloatArray:
+
+@dataclass(frozen=True)
+class _River:
+    """A sinusoidal river centreline, widening smoothly around its islands."""
+
+    y0: float
+    amplitude: float
+    wavelength: float
+    phase: float
+    width: float
+    island_x: FloatArray
+    island_sigma: FloatArray
+
+    @classmethod
+    def draw(
+        cls, config: SynthConfig, size: float, x: FloatArray, rng: np.random.Generator
+    ) -> _River:
+        """The river of a city of side ``size`` whose north-south street lines are at ``x``:
+        islands in the middle of block columns away from the edges, spread along it."""
+        w0 = config.river_width_m
+        wavelength = min(rng.uniform(0.7, 1.3) * size, rng.uniform(3000.0, 6000.0))
+        amplitude = min(rng.uniform(0.03, 0.06) * wavelength, 0.1 * size)
+        phase = rng.uniform(0.0, 2.0 * math.pi)
+        y0 = rng.uniform(0.38, 0.62) * size
+        ncx = len(x) - 1
+        n_islands = max(1, int(size // 2500))
+        inner_cols = np.arange(1, ncx - 1) if ncx >= 3 else np.arange(ncx)
+        picks = np.sort(rng.choice(inner_cols, size=min(n_islands, len(inner_cols)), replace=False))
+        return cls(
+            y0,
+            amplitude,
+            wavelength,
+            phase,
+            w0,
+            (x[picks] + x[picks + 1]) / 2.0,
+            np.minimum((x[picks + 1] - x[picks]) / 4.0, 1.2 * w0),
+        )
+
+    def y(self, x: Any) -> Any:
+        """Centreline y at ``x``."""
+        return self.y0 + self.amplitude * np.sin(
+            2.0 * math.pi * np.asarray(x) / self.wavelength + self.phase
+        )
+
+    def w(self, x: Any) -> FloatArray:
+        """Width at ``x``."""
         x = np.asarray(x, dtype=np.float64)
-        w = np.full(x.shape, W0)
-        for xi, si in zip(isl_x, isl_sigma):
-            w = w + 1.2 * W0 * np.exp(-(((x - xi) / si) ** 2))
+        w = np.full(x.shape, self.width)
+        for xi, si in zip(self.island_x, self.island_sigma):
+            w = w + 1.2 * self.width * np.exp(-(((x - xi) / si) ** 2))
         return w
 
-    # Samples per block column, shared by the segment and riverside tests (consistency).
-    t = np.linspace(0.0, 1.0, 33)
-    col_xs = X[:-1, None] + (X[1:] - X[:-1])[:, None] * t[None, :]
-    col_yc = river_y(col_xs)
-    col_hw = river_w(col_xs) / 2.0
-    col_lo = (col_yc - col_hw).min(1)
-    col_hi = (col_yc + col_hw).max(1)
-    seg_dist = (np.abs(Y[:, None, None] - col_yc[None]) - col_hw[None]).min(2)  # (ny, ncx)
-    vy = river_y(X)
-    vhw = river_w(X) / 2.0
-    node_kept = np.abs(Y[None, :] - vy[:, None]) >= vhw[:, None] + NODE_CLEARANCE_M  # (nx, ny)
-    h_present = (seg_dist >= NODE_CLEARANCE_M) & node_kept[:-1, :].T & node_kept[1:, :].T
-    riverside = (Y[None, 1:] > col_lo[:, None] - NODE_CLEARANCE_M) & (
-        Y[None, :-1] < col_hi[:, None] + NODE_CLEARANCE_M
-    )  # (ncx, ncy)
 
-    # ---- districts ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Grid:
+    """The street lines, their classes, and what of them the river leaves."""
+
+    x: FloatArray  # north-south lines
+    y: FloatArray  # east-west lines
+    cls_v: IntArray
+    cls_h: IntArray
+    node_kept: NDArray[np.bool_]  # (nx, ny) junctions clear of the water
+    h_present: NDArray[np.bool_]  # (ny, nx - 1) east-west segments clear of the water
+    riverside: NDArray[np.bool_]  # (nx - 1, ny - 1) blocks touching the river
+    bank_y: FloatArray  # the river's centre on each north-south line
+    bank_hw: FloatArray  # and its half width there
+
+    @classmethod
+    def clear_of(
+        cls, x: FloatArray, y: FloatArray, cls_v: IntArray, cls_h: IntArray, river: _River
+    ) -> _Grid:
+        """The grid with the river's clearances; samples per block column are shared by the
+        segment and riverside tests, so the two agree."""
+        t = np.linspace(0.0, 1.0, 33)
+        col_xs = x[:-1, None] + (x[1:] - x[:-1])[:, None] * t[None, :]
+        col_yc = river.y(col_xs)
+        col_hw = river.w(col_xs) / 2.0
+        col_lo = (col_yc - col_hw).min(1)
+        col_hi = (col_yc + col_hw).max(1)
+        seg_dist = (np.abs(y[:, None, None] - col_yc[None]) - col_hw[None]).min(2)  # (ny, ncx)
+        vy = river.y(x)
+        vhw = river.w(x) / 2.0
+        node_kept = np.abs(y[None, :] - vy[:, None]) >= vhw[:, None] + NODE_CLEARANCE_M
+        h_present = (seg_dist >= NODE_CLEARANCE_M) & node_kept[:-1, :].T & node_kept[1:, :].T
+        riverside = (y[None, 1:] > col_lo[:, None] - NODE_CLEARANCE_M) & (
+            y[None, :-1] < col_hi[:, None] + NODE_CLEARANCE_M
+        )
+        return cls(x, y, cls_v, cls_h, node_kept, h_present, riverside, vy, vhw)
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """Each block's style and its interior (inside sidewalks and setbacks), ``(nx-1, ny-1)``."""
+
+    style: IntArray
+    x0: FloatArray
+    x1: FloatArray
+    y0: FloatArray
+    y1: FloatArray
+
+    @property
+    def w(self) -> FloatArray:
+        return self.x1 - self.x0
+
+    @property
+    def h(self) -> FloatArray:
+        return self.y1 - self.y0
+
+
+def _block_styles(
+    config: SynthConfig, size: float, grid: _Grid, rng: np.random.Generator
+) -> IntArray:
+    """Each block's style: that of its nearest jittered district seed, riverside by the river."""
     D = config.district_size_m
-    ng = math.ceil(S / D) + 1
+    ng = math.ceil(size / D) + 1
     gx, gy = np.meshgrid(np.arange(ng), np.arange(ng), indexing="ij")
-    sx = (gx + rng_district.uniform(0.1, 0.9, gx.shape)) * D
-    sy = (gy + rng_district.uniform(0.1, 0.9, gy.shape)) * D
-    r = np.hypot(sx - S / 2, sy - S / 2) / (S / 2)
+    sx = (gx + rng.uniform(0.1, 0.9, gx.shape)) * D
+    sy = (gy + rng.uniform(0.1, 0.9, gy.shape)) * D
+    r = np.hypot(sx - size / 2, sy - size / 2) / (size / 2)
     wts = np.stack(
         [
             np.full(r.shape, config.residential_weight),
@@ -811,16 +887,16 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
         -1,
     )
     cum = np.cumsum(wts / wts.sum(-1, keepdims=True), -1)
-    seed_district = (rng_district.random(r.shape)[..., None] > cum).sum(-1).clip(0, 3)
-    apartments = rng_district.random(r.shape) < config.apartment_fraction
+    seed_district = (rng.random(r.shape)[..., None] > cum).sum(-1).clip(0, 3)
+    apartments = rng.random(r.shape) < config.apartment_fraction
     seed_style = np.select(
         [seed_district == 0, seed_district == 1, seed_district == 2],
         [np.where(apartments, _APARTMENTS, _HOUSES), _COMMERCIAL, _INDUSTRIAL],
         _PARK,
     )
-    ccx = (X[:-1] + X[1:]) / 2.0
-    ccy = (Y[:-1] + Y[1:]) / 2.0
-    CX, CY = np.meshgrid(ccx, ccy, indexing="ij")  # (ncx, ncy)
+    CX, CY = np.meshgrid(
+        (grid.x[:-1] + grid.x[1:]) / 2.0, (grid.y[:-1] + grid.y[1:]) / 2.0, indexing="ij"
+    )
     lx = np.clip((CX // D).astype(np.int64), 0, ng - 1)
     ly = np.clip((CY // D).astype(np.int64), 0, ng - 1)
     best = np.full(CX.shape, np.inf)
@@ -833,40 +909,63 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
             better = d2 < best
             best = np.where(better, d2, best)
             style = np.where(better, seed_style[ix, iy], style)
-    style[riverside] = _RIVERSIDE
-    land = ~riverside
-    courtyards_wanted = config.courtyard_fraction > 0
-    if courtyards_wanted and land.any() and not np.isin(style[land],
-                                                        (_APARTMENTS, _COMMERCIAL)).any():
+    style[grid.riverside] = _RIVERSIDE
+    land = ~grid.riverside
+    if (
+        config.courtyard_fraction > 0
+        and land.any()
+        and not np.isin(style[land], (_APARTMENTS, _COMMERCIAL)).any()
+    ):
         # Guarantee courtyard candidates: the most central land block becomes commercial.
-        dist = np.where(land, np.hypot(CX - S / 2, CY - S / 2), np.inf)
+        dist = np.where(land, np.hypot(CX - size / 2, CY - size / 2), np.inf)
         style[np.unravel_index(np.argmin(dist), dist.shape)] = _COMMERCIAL
+    return style
 
-    # Block interiors (inside sidewalks and setbacks).
-    mv = width[cls_v] / 2 + SIDEWALK_M + SETBACK_M
-    mh = width[cls_h] / 2 + SIDEWALK_M + SETBACK_M
-    IX0 = np.broadcast_to((X[:-1] + mv[:-1])[:, None], CX.shape)
-    IX1 = np.broadcast_to((X[1:] - mv[1:])[:, None], CX.shape)
-    IY0 = np.broadcast_to((Y[:-1] + mh[:-1])[None, :], CX.shape)
-    IY1 = np.broadcast_to((Y[1:] - mh[1:])[None, :], CX.shape)
-    IW = IX1 - IX0
-    IH = IY1 - IY0
 
-    # ---- lots and buildings -----------------------------------------------------------------
-    built = np.isin(style, (_HOUSES, _APARTMENTS, _COMMERCIAL, _INDUSTRIAL)) & (IW >= 10) & (
-        IH >= 10
+def _blocks(style: IntArray, grid: _Grid) -> _Blocks:
+    """The blocks' interiors, inside the sidewalks and setbacks of their four streets."""
+    width = np.asarray(ROAD_WIDTH_M)
+    mv = width[grid.cls_v] / 2 + SIDEWALK_M + SETBACK_M
+    mh = width[grid.cls_h] / 2 + SIDEWALK_M + SETBACK_M
+    shape = style.shape
+    return _Blocks(
+        style,
+        np.broadcast_to((grid.x[:-1] + mv[:-1])[:, None], shape),
+        np.broadcast_to((grid.x[1:] - mv[1:])[:, None], shape),
+        np.broadcast_to((grid.y[:-1] + mh[:-1])[None, :], shape),
+        np.broadcast_to((grid.y[1:] - mh[1:])[None, :], shape),
+    )
+
+
+@dataclass(frozen=True)
+class _Lots:
+    """The built lots: size, south-west corner, style, and whether the front faces south."""
+
+    w: FloatArray
+    d: FloatArray
+    x0: FloatArray
+    y0: FloatArray
+    style: IntArray
+    front_low: NDArray[np.bool_]
+
+
+def _lots(blocks: _Blocks, rng: np.random.Generator) -> tuple[_Lots, dict[tuple[int, int], float]]:
+    """Cut the built blocks into lots: one row facing each side of a band (street or alley), any
+    rest backyard. Returns the lots and the y of each block's alley, by block."""
+    tab = _STYLE_TABLE
+    built = (
+        np.isin(blocks.style, (_HOUSES, _APARTMENTS, _COMMERCIAL, _INDUSTRIAL))
+        & (blocks.w >= 10)
+        & (blocks.h >= 10)
     )
     bi, bj = np.nonzero(built)
-    bst = style[bi, bj]
-    tab = _STYLE_TABLE
+    bst = blocks.style[bi, bj]
     nb_cells = len(bi)
-    lw_mean = np.array([tab[s].lot_w for s in range(4)])[bst] * rng_lots.uniform(0.85, 1.15,
-                                                                                 nb_cells)
-    ld_mean = np.array([tab[s].lot_d for s in range(4)])[bst] * rng_lots.uniform(0.85, 1.15,
-                                                                                 nb_cells)
-    W_ = IW[bi, bj]
-    H_ = IH[bi, bj]
-    alley = (rng_lots.random(nb_cells) < np.array([tab[s].alley for s in range(4)])[bst]) & (
+    lw_mean = np.array([tab[s].lot_w for s in range(4)])[bst] * rng.uniform(0.85, 1.15, nb_cells)
+    ld_mean = np.array([tab[s].lot_d for s in range(4)])[bst] * rng.uniform(0.85, 1.15, nb_cells)
+    W_ = blocks.w[bi, bj]
+    H_ = blocks.h[bi, bj]
+    alley = (rng.random(nb_cells) < np.array([tab[s].alley for s in range(4)])[bst]) & (
         H_ >= 2 * 0.7 * ld_mean + ALLEY_GAP_M
     )
     nbands = 1 + alley.astype(np.int64)
@@ -883,55 +982,83 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
     band = rr // rows[cell_of]
     kr = rr % rows[cell_of]
     lot_w = W_[cell_of] / cols[cell_of]
-    # One row of lots faces each side of a band (street or alley); any rest is backyard.
     lot_d = np.minimum(band_h[cell_of] / rows[cell_of], 1.3 * ld_mean[cell_of])
-    lot_x0 = IX0[bi, bj][cell_of] + col * lot_w
-    band_y0 = IY0[bi, bj][cell_of] + band * (band_h[cell_of] + gap[cell_of])
+    lot_x0 = blocks.x0[bi, bj][cell_of] + col * lot_w
+    band_y0 = blocks.y0[bi, bj][cell_of] + band * (band_h[cell_of] + gap[cell_of])
     front_low = kr == 0  # the lot's front (street or alley side) is its southern edge
     lot_y0 = band_y0 + np.where(front_low, 0.0, band_h[cell_of] - lot_d)
     lot_style = bst[cell_of]
     occ = np.array([tab[s].occupancy for s in range(4)])[lot_style]
-    keep = (rng_lots.random(len(k)) < occ) & (lot_w >= 9.0) & (lot_d >= 9.0)
-    lot_w, lot_d, lot_x0, lot_y0, lot_style, front_low = (
-        a[keep] for a in (lot_w, lot_d, lot_x0, lot_y0, lot_style, front_low)
+    keep = (rng.random(len(k)) < occ) & (lot_w >= 9.0) & (lot_d >= 9.0)
+    lots = _Lots(
+        lot_w[keep], lot_d[keep], lot_x0[keep], lot_y0[keep], lot_style[keep], front_low[keep]
     )
-    nlot = len(lot_w)
+    alley_y = {
+        (int(i), int(j)): float((blocks.y0[i, j] + blocks.y1[i, j]) / 2.0)
+        for i, j, a in zip(bi, bj, alley)
+        if a
+    }
+    return lots, alley_y
 
+
+@dataclass(frozen=True)
+class _Shapes:
+    """Building footprints: outer and courtyard rings, type, rotation, size, centre, style."""
+
+    corners: FloatArray
+    inner: FloatArray
+    courtyard: NDArray[np.bool_]
+    inset: FloatArray
+    btype: IntArray
+    theta: FloatArray
+    bw: FloatArray
+    bd: FloatArray
+    bcx: FloatArray
+    bcy: FloatArray
+    style: IntArray
+
+
+_UNIT_SQUARE = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
+
+
+def _main_buildings(
+    config: SynthConfig, lots: _Lots, rng: np.random.Generator
+) -> tuple[_Shapes, FloatArray]:
+    """One building per lot, sized and typed by its style; houses a front garden away from the
+    street, some rotated; big apartment and commercial blocks with a courtyard. Returns the
+    shapes and each lot's backyard depth."""
+    tab = _STYLE_TABLE
+    nlot = len(lots.w)
     btype = np.zeros(nlot, dtype=np.int64)
     for s in range(4):
-        sel = np.nonzero(lot_style == s)[0]
+        sel = np.nonzero(lots.style == s)[0]
         if len(sel):
-            btype[sel] = _choice(rng_lots, tab[s].types, len(sel))
-    fill_lo = np.array([tab[s].fill[0] for s in range(4)])[lot_style]
-    fill_hi = np.array([tab[s].fill[1] for s in range(4)])[lot_style]
-    bw = np.maximum(lot_w * rng_lots.uniform(fill_lo, fill_hi), 5.0)
-    bd = np.maximum(lot_d * rng_lots.uniform(fill_lo * 0.8, fill_hi * 0.8), 5.0)
+            btype[sel] = _choice(rng, tab[s].types, len(sel))
+    fill_lo = np.array([tab[s].fill[0] for s in range(4)])[lots.style]
+    fill_hi = np.array([tab[s].fill[1] for s in range(4)])[lots.style]
+    bw = np.maximum(lots.w * rng.uniform(fill_lo, fill_hi), 5.0)
+    bd = np.maximum(lots.d * rng.uniform(fill_lo * 0.8, fill_hi * 0.8), 5.0)
     gable = np.isin(btype, _GABLE_TYPES)
     bd = np.where(gable, np.minimum(bd, 14.0), bd)
-    theta = np.where(
-        gable & (rng_lots.random(nlot) < 0.3), np.radians(rng_lots.uniform(-15, 15, nlot)), 0.0
-    )
+    theta = np.where(gable & (rng.random(nlot) < 0.3), np.radians(rng.uniform(-15, 15, nlot)), 0.0)
     c, s_ = np.abs(np.cos(theta)), np.abs(np.sin(theta))
     ex = bw * c + bd * s_
     ey = bw * s_ + bd * c
-    shrink = np.minimum(1.0, np.minimum((lot_w - 1.0) / ex, (lot_d - 1.0) / ey))
+    shrink = np.minimum(1.0, np.minimum((lots.w - 1.0) / ex, (lots.d - 1.0) / ey))
     bw, bd, ex, ey = bw * shrink, bd * shrink, ex * shrink, ey * shrink
-    bcx = lot_x0 + lot_w / 2 + rng_lots.uniform(-0.3, 0.3, nlot) * (lot_w - ex)
-    centred = lot_y0 + lot_d / 2 + rng_lots.uniform(-0.3, 0.3, nlot) * (lot_d - ey)
-    # Houses stand a front garden away from the street; the backyard may hold a shed.
-    front = np.minimum(rng_lots.uniform(2.0, 5.0, nlot), np.maximum(lot_d - ey, 0.0) / 2)
-    fronted = np.where(front_low, lot_y0 + front + ey / 2, lot_y0 + lot_d - front - ey / 2)
+    bcx = lots.x0 + lots.w / 2 + rng.uniform(-0.3, 0.3, nlot) * (lots.w - ex)
+    centred = lots.y0 + lots.d / 2 + rng.uniform(-0.3, 0.3, nlot) * (lots.d - ey)
+    front = np.minimum(rng.uniform(2.0, 5.0, nlot), np.maximum(lots.d - ey, 0.0) / 2)
+    fronted = np.where(lots.front_low, lots.y0 + front + ey / 2, lots.y0 + lots.d - front - ey / 2)
     bcy = np.where(gable, fronted, centred)
-    unit = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
 
     def place(w: FloatArray, d: FloatArray) -> FloatArray:
-        return _rotate(unit[None] * np.stack([w, d], -1)[:, None, :], bcx, bcy, theta)
+        return _rotate(_UNIT_SQUARE[None] * np.stack([w, d], -1)[:, None, :], bcx, bcy, theta)
 
-    corners = place(bw, bd)
     minside = np.minimum(bw, bd)
     court_ok = np.isin(btype, _COURTYARD_TYPES) & (theta == 0.0)
-    courtyard = court_ok & (minside >= 26.0) & (rng_lots.random(nlot) < config.courtyard_fraction)
-    inset = np.minimum(rng_lots.uniform(8.0, 11.0, nlot), (minside - 6.0) / 2.0)
+    courtyard = court_ok & (minside >= 26.0) & (rng.random(nlot) < config.courtyard_fraction)
+    inset = np.minimum(rng.uniform(8.0, 11.0, nlot), (minside - 6.0) / 2.0)
     if config.courtyard_fraction > 0 and not courtyard.any():
         cand = np.nonzero(court_ok & (minside >= 18.0))[0]
         if len(cand):
@@ -939,51 +1066,65 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
             courtyard[big] = True
             inset[big] = 0.3 * minside[big]
     inner = place(np.maximum(bw - 2 * inset, 1.0), np.maximum(bd - 2 * inset, 1.0))
+    shapes = _Shapes(
+        place(bw, bd), inner, courtyard, inset, btype, theta, bw, bd, bcx, bcy, lots.style
+    )
+    return shapes, lots.d - front - ey
 
-    # Sheds and garages in the backyards of houses.
-    back = lot_d - front - ey
-    sheds = np.nonzero((lot_style == _HOUSES) & (back >= 7.0) & (rng_lots.random(nlot) < 0.6))[0]
-    sw = rng_lots.uniform(3.0, 6.0, len(sheds))
-    sd = rng_lots.uniform(3.0, 5.0, len(sheds))
-    scx = lot_x0[sheds] + 1 + sw / 2 + rng_lots.random(len(sheds)) * (lot_w[sheds] - 2 - sw)
-    scy = np.where(front_low[sheds], lot_y0[sheds] + lot_d[sheds] - 1.0 - sd / 2,
-                   lot_y0[sheds] + 1.0 + sd / 2)
-    shed_type = np.where(rng_lots.random(len(sheds)) < 0.6, _SHED, _GARAGE)
-    shed_corners = _rect_quads(scx - sw / 2, scy - sd / 2, scx + sw / 2, scy + sd / 2)
-    nshed = len(sheds)
-    corners = np.concatenate([corners, shed_corners])
-    inner = np.concatenate([inner, shed_corners])
-    courtyard = np.concatenate([courtyard, np.zeros(nshed, dtype=bool)])
-    btype = np.concatenate([btype, shed_type])
-    theta = np.concatenate([theta, np.zeros(nshed)])
-    bw = np.concatenate([bw, sw])
-    bd = np.concatenate([bd, sd])
-    bcx = np.concatenate([bcx, scx])
-    bcy = np.concatenate([bcy, scy])
-    inset = np.concatenate([inset, np.zeros(nshed)])
-    b_style = np.concatenate([lot_style, np.full(nshed, _HOUSES)])
-    nbld = nlot + nshed
+
+def _with_sheds(
+    shapes: _Shapes, lots: _Lots, back: FloatArray, rng: np.random.Generator
+) -> _Shapes:
+    """``shapes`` followed by sheds and garages in the backyards of houses."""
+    sheds = np.nonzero((lots.style == _HOUSES) & (back >= 7.0) & (rng.random(len(lots.w)) < 0.6))[0]
+    sw = rng.uniform(3.0, 6.0, len(sheds))
+    sd = rng.uniform(3.0, 5.0, len(sheds))
+    scx = lots.x0[sheds] + 1 + sw / 2 + rng.random(len(sheds)) * (lots.w[sheds] - 2 - sw)
+    scy = np.where(
+        lots.front_low[sheds],
+        lots.y0[sheds] + lots.d[sheds] - 1.0 - sd / 2,
+        lots.y0[sheds] + 1.0 + sd / 2,
+    )
+    shed_type = np.where(rng.random(len(sheds)) < 0.6, _SHED, _GARAGE)
+    quads = _rect_quads(scx - sw / 2, scy - sd / 2, scx + sw / 2, scy + sd / 2)
+    none = np.zeros(len(sheds))
+    added = _Shapes(
+        quads,
+        quads,
+        none.astype(bool),
+        none,
+        shed_type,
+        none,
+        sw,
+        sd,
+        scx,
+        scy,
+        np.full(len(sheds), _HOUSES),
+    )
+    return _Shapes(
+        *(
+            np.concatenate([getattr(shapes, f.name), getattr(added, f.name)])
+            for f in fields(_Shapes)
+        )
+    )
+
+
+def _building_tag_values(btype: IntArray, rng: np.random.Generator) -> tuple[IntArray, IntArray]:
+    """``building:levels`` and ``addr:housenumber`` of each building (0: no tag)."""
+    n = len(btype)
     lv_lo = np.array([a for a, _ in _BUILDING_LEVELS])[btype]
     lv_hi = np.array([b for _, b in _BUILDING_LEVELS])[btype]
-    levels = rng_tags.integers(lv_lo, lv_hi + 1)
-    levels = np.where(np.isin(btype, (0, 1, _SHED, _GARAGE)) & (rng_tags.random(nbld) < 0.5),
-                      0, levels)
-    housenumber = np.where((rng_tags.random(nbld) < 0.4) & (btype < _SHED),
-                           rng_tags.integers(1, 200, nbld), 0)
+    levels = rng.integers(lv_lo, lv_hi + 1)
+    levels = np.where(np.isin(btype, (0, 1, _SHED, _GARAGE)) & (rng.random(n) < 0.5), 0, levels)
+    housenumber = np.where((rng.random(n) < 0.4) & (btype < _SHED), rng.integers(1, 200, n), 0)
+    return levels, housenumber
 
-    # ---- road network -----------------------------------------------------------------------
-    node_id = np.zeros((nx, ny), dtype=np.int64)
-    ki, kj = np.nonzero(node_kept)
-    node_id[ki, kj] = nodes.add(X[ki], Y[kj])
-    xs_all: dict[int, tuple[float, float]] = {
-        int(n): (float(X[i]), float(Y[j])) for n, i, j in zip(node_id[ki, kj], ki, kj)
-    }
 
-    def pos(nid: int) -> tuple[float, float]:
-        return xs_all[nid]
-
-    # Crossing type per north-south line: 'car', 'foot' or 'none'.
-    u = rng_roads.random(nx)
+def _river_crossings(cls_v: IntArray, rng: np.random.Generator) -> NDArray[np.object_]:
+    """How each north-south line crosses the river: ``car``, ``foot`` or ``none``; at least one
+    footbridge, and one car bridge where another line is left."""
+    nx = len(cls_v)
+    u = rng.random(nx)
     crossing = np.full(nx, "none", dtype=object)
     crossing[np.isin(cls_v, _MAJOR)] = "car"
     crossing[(cls_v == _TERTIARY) & (u < 0.6)] = "car"
@@ -992,133 +1133,223 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
     if not (crossing == "foot").any():
         minor = np.nonzero(cls_v >= _TERTIARY)[0]
         pool = minor if len(minor) else np.arange(nx)
-        crossing[pool[int(rng_roads.integers(0, len(pool)))]] = "foot"
+        crossing[pool[int(rng.integers(0, len(pool)))]] = "foot"
     if not (crossing == "car").any():
         others = np.nonzero(crossing != "foot")[0]
         if len(others):
-            crossing[others[int(rng_roads.integers(0, len(others)))]] = "car"
+            crossing[others[int(rng.integers(0, len(others)))]] = "car"
+    return crossing
 
-    # Alley junctions on the north-south lines.
-    alley_cells = [(int(i), int(j)) for i, j, a in zip(bi, bj, alley) if a]
-    alley_y = {(i, j): float((IY0[i, j] + IY1[i, j]) / 2.0) for i, j in alley_cells}
-    junction_ys: dict[int, set[float]] = {}
-    for (i, j), y in alley_y.items():
-        junction_ys.setdefault(i, set()).add(y)
-        junction_ys.setdefault(i + 1, set()).add(y)
-    junction_id: dict[tuple[int, float], int] = {}
 
-    # Traffic signals: tags of the junction nodes now, approach and crossing nodes on the lines.
-    signal_plan = _signalised_junctions(cls_v, cls_h, node_kept, h_present, config, rng_signals)
-    per_approach = {int(node_id[i, j]) for (i, j), approach in signal_plan.items() if approach}
-    signal_tags: dict[str, Tags] = {
-        "signal": {"highway": "traffic_signals", "source": src},
-        "crossing": {"highway": "crossing", "crossing": "traffic_signals", "source": src},
-    }
-    for (i, j), approach in signal_plan.items():
-        if not approach:
-            nodes.set_tags(int(node_id[i, j]), signal_tags["signal"])
-    signal_counts = {"signal": len(signal_plan) - len(per_approach), "crossing": 0}
-    # Per signalised junction node: half the width of the road crossing a north-south arm
-    # (the east-west street) and of the road crossing an east-west arm.
-    kerb = {int(node_id[i, j]): (ROAD_WIDTH_M[cls_h[j]] / 2.0, ROAD_WIDTH_M[cls_v[i]] / 2.0)
-            for i, j in signal_plan}
-    crosswalks: list[tuple[float, float, bool, float]] = []  # centre, along y, road half-width
+_SIGNAL_TAGS: dict[str, Tags] = {
+    "signal": {"highway": "traffic_signals", "source": SOURCE_VALUE},
+    "crossing": {"highway": "crossing", "crossing": "traffic_signals", "source": SOURCE_VALUE},
+}
 
-    def with_signals(
-        piece: list[int], where: dict[int, tuple[float, str]], fixed: float, vertical: bool,
-        cls: int,
-    ) -> list[int]:
-        """A road way's nodes with its approach signals and signalised crossings inserted.
 
-        ``where`` maps the line's nodes to their coordinate along the line and their kind
-        (``"node"`` for a grid junction); ``fixed`` is the line's other coordinate. The zebra
-        crossings of the way's signalised junction arms and crossings go to ``crosswalks``.
-        """
-        out = piece[:1]
-        half = ROAD_WIDTH_M[cls] / 2.0
-        for a, b in itertools.pairwise(piece):
-            (ca, ka), (cb, kb) = where[a], where[b]
-            extra: list[tuple[float, str]] = []
-            if cb - ca > 3 * SIGNAL_SETBACK_M:
-                if a in per_approach:
-                    extra.append((ca + SIGNAL_SETBACK_M, "signal"))
-                if b in per_approach:
-                    extra.append((cb - SIGNAL_SETBACK_M, "signal"))
-            if (cls in _MAJOR and ka == kb == "node" and cb - ca > 4 * SIGNAL_SETBACK_M
-                    and rng_signals.random() < config.signal_crossing_fraction):
-                extra.append(((ca + cb) / 2.0, "crossing"))
-            painted = [c for c, kind in extra if kind == "crossing"]
-            for node, c, sign in ((a, ca, 1.0), (b, cb, -1.0)):
-                if node in kerb:
-                    offset = kerb[node][0 if vertical else 1] + CROSSWALK_GAP_M
-                    if cb - ca > 2 * (offset + CROSSWALK_DEPTH_M):
-                        painted.append(c + sign * (offset + CROSSWALK_DEPTH_M / 2.0))
-            crosswalks.extend(((fixed, c) if vertical else (c, fixed)) + (vertical, half)
-                              for c in painted)
-            for c, kind in sorted(extra):
-                xy = (fixed, c) if vertical else (c, fixed)
-                nid = nodes.add_one(*xy, signal_tags[kind])
-                xs_all[nid] = xy
-                out.append(nid)
-                signal_counts[kind] += 1
-            out.append(b)
-        return out
+@dataclass(frozen=True)
+class _Water:
+    """The river's water surface: its outer ring alone, with islands, and the islands' rings."""
 
-    def road_tags(cls: int, name: str | None) -> Tags:
-        tags: Tags = {"highway": ROAD_CLASSES[cls]}
-        kmh = MAXSPEED_KMH[cls]
-        if kmh and not (cls == _SERVICE and rng_tags.random() < 0.5):
-            if rng_tags.random() < config.mph_fraction:
-                tags["maxspeed"] = MAXSPEED_MPH[kmh]
-            else:
-                tags["maxspeed"] = str(kmh)
-        lanes = _pick(rng_tags.random(), _LANES[cls])
-        if lanes:
-            tags["lanes"] = lanes
-        tags["surface"] = _pick(rng_tags.random(), _SURFACES[cls])
-        if name:
-            tags["name"] = name
-        tags["source"] = src
-        return tags
+    outer: Any
+    area: Any
+    islands: list[FloatArray]
 
-    def split_run(run: list[int]) -> list[list[int]]:
-        out = []
-        at = 0
-        while at < len(run) - 1:
-            end = min(at + int(rng_roads.integers(2, 7)), len(run) - 1)
-            if len(run) - 1 - end == 1:  # avoid single-segment tails
-                end += 1
-            out.append(run[at : end + 1])
-            at = end
-        return out
 
-    # Segments for the image: (ax, ay, bx, by, class, is_bridge).
-    segs: list[tuple[float, float, float, float, int, bool]] = []
-    line_ways: dict[tuple[str, int], list[int]] = {}  # way indices along a line (routes)
-    line_segments: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    bridge_ways = car_bridge_ways = foot_bridge_ways = 0
+class _CityPlanner:
+    """Generates one city in memory (geometry in local metres, tags, image shapes), stage by
+    stage; each stage draws from its own streams, in the order :meth:`plan` calls them."""
 
-    def add_segments(ids: list[int], cls: int, bridge: bool) -> None:
-        for a, b in itertools.pairwise(ids):
-            segs.append((*pos(a), *pos(b), cls, bridge))
+    def __init__(self, config: SynthConfig) -> None:
+        self.config = config
+        self.size = config.size_km * 1000.0
+        self.rng = _Streams.from_seed(config.seed)
+        self.nodes = _Nodes()
+        self.ways: list[tuple[list[int], Tags]] = []
+        self.relations: list[tuple[list[Member], Tags]] = []
+        self.made: dict[str, int] = dict.fromkeys(
+            (
+                "bridges",
+                "car_bridges",
+                "foot_bridges",
+                "signal",
+                "crossing",
+                "waterways",
+                "parks",
+                "landuse",
+                "pois",
+                "trees",
+                "bus_stops",
+                "routes",
+            ),
+            0,
+        )
+        self.road_xy: dict[int, tuple[float, float]] = {}  # road node -> position
+        # Road segments for the image: (ax, ay, bx, by, class, is_bridge).
+        self.segs: list[tuple[float, float, float, float, int, bool]] = []
+        self.crosswalks: list[tuple[float, float, bool, float]] = []  # centre, along y, half-width
+        self.line_ways: dict[tuple[str, int], list[int]] = {}  # way indices along a line (routes)
+        self.line_segments: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        self.per_approach: set[int] = set()  # junctions with a signal on each approach
+        self.kerb: dict[int, tuple[float, float]] = {}
 
-    for i in range(nx):
-        cls = int(cls_v[i])
+    def plan(self, with_shapes: bool) -> _City:
+        """The whole city; ``with_shapes``: also the image's shapes."""
+        config, size, rng = self.config, self.size, self.rng
+        x, y = _line_positions(size, config, rng.grid), _line_positions(size, config, rng.grid)
+        cls_v, cls_h = _line_classes(len(x), rng.grid), _line_classes(len(y), rng.grid)
+        river = _River.draw(config, size, x, rng.river)
+        grid = _Grid.clear_of(x, y, cls_v, cls_h, river)
+        blocks = _blocks(_block_styles(config, size, grid, rng.district), grid)
+        lots, alley_y = _lots(blocks, rng.lots)
+        shapes, back = _main_buildings(config, lots, rng.lots)
+        shapes = _with_sheds(shapes, lots, back, rng.lots)
+        levels, housenumber = _building_tag_values(shapes.btype, rng.tags)
+        node_id, crossing = self._roads(grid, river, alley_y)
+        park_rects, park_paths = self._parks(blocks, node_id)
+        water = self._river(river)
+        riverside_polys = _riverside_parks(blocks, water.outer)
+        self._park_ways(park_rects, riverside_polys)
+        ground, ground_style = self._landuse(blocks)
+        buildings = self._building_nodes(shapes, levels, housenumber)
+        self._pois(shapes, [shapely.Polygon(r_) for r_ in park_rects] + riverside_polys)
+        trees = self._trees(blocks, alley_y, park_rects, park_paths, riverside_polys)
+        self._bus_routes(grid)
+        counts = self._counts(buildings, len(water.islands))
+        epsg = _utm_epsg(config.center_lon, config.center_lat)
+        to_utm = pyproj.Transformer.from_crs(4326, epsg, always_xy=True)
+        ce, cn = to_utm.transform(config.center_lon, config.center_lat)
+        origin = (float(ce) - size / 2.0, float(cn) - size / 2.0)
+        model = _model_summary(epsg, origin, size, grid, crossing, river, blocks)
+        batches: list[_PolyBatch | _ShapeBatch] = []
+        if with_shapes:
+            batches = _image_batches(
+                ground=ground,
+                ground_style=ground_style,
+                park_rects=park_rects,
+                riverside_polys=riverside_polys,
+                water=water.area,
+                island_rings=water.islands,
+                segs=np.asarray(self.segs, dtype=np.float64).reshape(-1, 6),
+                crosswalks=np.asarray(self.crosswalks, dtype=np.float64).reshape(-1, 4),
+                trees=trees,
+                buildings=buildings,
+                theta=shapes.theta,
+                bw=shapes.bw,
+                bd=shapes.bd,
+                bcx=shapes.bcx,
+                bcy=shapes.bcy,
+                b_style=shapes.style,
+                rng=rng.image,
+            )
+        return _City(
+            config,
+            size,
+            epsg,
+            origin,
+            self.nodes,
+            self.ways,
+            buildings,
+            self.relations,
+            batches,
+            counts,
+            model,
+        )
+
+    # ---- road network -----------------------------------------------------------------------
+
+    def _roads(
+        self, grid: _Grid, river: _River, alley_y: dict[tuple[int, int], float]
+    ) -> tuple[IntArray, NDArray[np.object_]]:
+        """Every road: the street lines (bridges, signals), then the alleys. Returns the grid
+        junctions' node ids ``(nx, ny)`` and each north-south line's river crossing."""
+        nx, ny = len(grid.x), len(grid.y)
+        node_id = np.zeros((nx, ny), dtype=np.int64)
+        ki, kj = np.nonzero(grid.node_kept)
+        node_id[ki, kj] = self.nodes.add(grid.x[ki], grid.y[kj])
+        self.road_xy.update(
+            {
+                int(n): (float(grid.x[i]), float(grid.y[j]))
+                for n, i, j in zip(node_id[ki, kj], ki, kj)
+            }
+        )
+        crossing = _river_crossings(grid.cls_v, self.rng.roads)
+        junction_ys: dict[int, set[float]] = {}  # alley junctions on the north-south lines
+        for (i, _), y in alley_y.items():
+            junction_ys.setdefault(i, set()).add(y)
+            junction_ys.setdefault(i + 1, set()).add(y)
+        self._signals(grid, node_id)
+        junction_id: dict[tuple[int, float], int] = {}
+        for i in range(nx):
+            self._north_south(
+                i, grid, node_id, crossing[i], sorted(junction_ys.get(i, ())), junction_id
+            )
+        for j in range(ny):
+            self._east_west(j, grid, node_id)
+        for (i, _), y in alley_y.items():
+            a, b = junction_id[(i, y)], junction_id[(i + 1, y)]
+            tags = self._road_tags(_SERVICE, None)
+            self.ways.append(
+                (
+                    [a, b],
+                    {
+                        "highway": "service",
+                        "service": "alley",
+                        **{k_: v for k_, v in tags.items() if k_ != "highway"},
+                    },
+                )
+            )
+            self._add_segments([a, b], _SERVICE, False)
+        return node_id, crossing
+
+    def _signals(self, grid: _Grid, node_id: IntArray) -> None:
+        """Choose the signalised junctions; tag those mapped with one node at the junction, and
+        note the others and every such junction's kerb distances for :meth:`_with_signals`."""
+        plan = _signalised_junctions(
+            grid.cls_v, grid.cls_h, grid.node_kept, grid.h_present, self.config, self.rng.signals
+        )
+        self.per_approach = {int(node_id[i, j]) for (i, j), approach in plan.items() if approach}
+        for (i, j), approach in plan.items():
+            if not approach:
+                self.nodes.set_tags(int(node_id[i, j]), _SIGNAL_TAGS["signal"])
+        self.made["signal"] = len(plan) - len(self.per_approach)
+        # Per junction node: half the width of the road crossing a north-south arm (the
+        # east-west street) and of the road crossing an east-west arm.
+        self.kerb = {
+            int(node_id[i, j]): (
+                ROAD_WIDTH_M[grid.cls_h[j]] / 2.0,
+                ROAD_WIDTH_M[grid.cls_v[i]] / 2.0,
+            )
+            for i, j in plan
+        }
+
+    def _road_node(self, x: float, y: float, tags: Tags | None = None) -> int:
+        nid = self.nodes.add_one(x, y, tags)
+        self.road_xy[nid] = (x, y)
+        return nid
+
+    def _north_south(
+        self,
+        i: int,
+        grid: _Grid,
+        node_id: IntArray,
+        crossing: str,
+        junction_ys: list[float],
+        junction_id: dict[tuple[int, float], int],
+    ) -> None:
+        """The ways of north-south line ``i``: runs split at the river, and its bridge."""
+        cls = int(grid.cls_v[i])
         name = f"Synth Avenue {i + 1}"
-        xi = float(X[i])
+        xi = float(grid.x[i])
         stations: list[tuple[float, int, str]] = [
-            (float(Y[j]), int(node_id[i, j]), "node") for j in np.nonzero(node_kept[i])[0]
+            (float(grid.y[j]), int(node_id[i, j]), "node") for j in np.nonzero(grid.node_kept[i])[0]
         ]
-        ys = float(vy[i] - vhw[i] - BANK_CLEARANCE_M)
-        yn = float(vy[i] + vhw[i] + BANK_CLEARANCE_M)
+        ys = float(grid.bank_y[i] - grid.bank_hw[i] - BANK_CLEARANCE_M)
+        yn = float(grid.bank_y[i] + grid.bank_hw[i] + BANK_CLEARANCE_M)
         for y, kind in ((ys, "bank_s"), (yn, "bank_n")):
-            nid = nodes.add_one(xi, y)
-            xs_all[nid] = (xi, y)
-            stations.append((y, nid, kind))
-        for y in sorted(junction_ys.get(i, ())):
-            nid = nodes.add_one(xi, y)
-            junction_id[(i, y)] = nid
-            xs_all[nid] = (xi, y)
+            stations.append((y, self._road_node(xi, y), kind))
+        for y in junction_ys:
+            junction_id[(i, y)] = nid = self._road_node(xi, y)
             stations.append((y, nid, "junction"))
         stations.sort()
         where = {nid: (y, kind) for y, nid, kind in stations}
@@ -1133,128 +1364,468 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
             else:
                 runs[-1].append(ids[a + 1])
         key = ("v", i)
-        line_ways[key] = []
-        line_segments[key] = []
+        self.line_ways[key] = []
+        self.line_segments[key] = []
         for run_index, run in enumerate(runs):
-            if run_index == 1 and crossing_seg is not None and crossing[i] != "none":
-                a, b = crossing_seg
-                if crossing[i] == "car":
-                    tags = road_tags(cls, name)
-                    car_bridge_ways += 1
-                    bcls = cls
-                else:
-                    tags = {"highway": "footway", "surface": "wood", "source": src}
-                    foot_bridge_ways += 1
-                    bcls = _FOOTWAY
-                bridge_ways += 1
-                ways.append(([a, b], {**tags, "bridge": "yes", "layer": "1"}))
-                line_ways[key].append(len(ways) - 1)
-                add_segments([a, b], bcls, True)
-            for piece in split_run(run):
-                road = with_signals(piece, where, xi, True, cls)
-                ways.append((road, road_tags(cls, name)))
-                line_ways[key].append(len(ways) - 1)
-                add_segments(road, cls, False)
-                line_segments[key].extend(itertools.pairwise(piece))
-        if crossing[i] != "car":
-            line_ways[key] = []  # a bus route needs a continuous street
+            if run_index == 1 and crossing_seg is not None and crossing != "none":
+                self._bridge(crossing_seg, crossing, cls, name, key)
+            for piece in self._split_run(run):
+                self._add_road(self._with_signals(piece, where, xi, True, cls), cls, name, key)
+                self.line_segments[key].extend(itertools.pairwise(piece))
+        if crossing != "car":
+            self.line_ways[key] = []  # a bus route needs a continuous street
 
-    for j in range(ny):
-        cls = int(cls_h[j])
+    def _bridge(
+        self, ends: tuple[int, int], crossing: str, cls: int, name: str, key: tuple[str, int]
+    ) -> None:
+        """A car bridge or footbridge between the river banks."""
+        if crossing == "car":
+            tags = self._road_tags(cls, name)
+            self.made["car_bridges"] += 1
+            bcls = cls
+        else:
+            tags = {"highway": "footway", "surface": "wood", "source": SOURCE_VALUE}
+            self.made["foot_bridges"] += 1
+            bcls = _FOOTWAY
+        self.made["bridges"] += 1
+        self.ways.append(([*ends], {**tags, "bridge": "yes", "layer": "1"}))
+        self.line_ways[key].append(len(self.ways) - 1)
+        self._add_segments([*ends], bcls, True)
+
+    def _add_road(self, road: list[int], cls: int, name: str, key: tuple[str, int] | None) -> None:
+        """A road way of ``cls``, counted on its line ``key`` (for bus routes) unless None."""
+        self.ways.append((road, self._road_tags(cls, name)))
+        if key is not None:
+            self.line_ways[key].append(len(self.ways) - 1)
+        self._add_segments(road, cls, False)
+
+    def _east_west(self, j: int, grid: _Grid, node_id: IntArray) -> None:
+        """The ways of east-west line ``j``: its runs of segments clear of the water."""
+        cls = int(grid.cls_h[j])
         name = f"Synth Street {j + 1}"
         key = ("h", j)
-        line_ways[key] = []
-        line_segments[key] = []
-        runs_h: list[list[int]] = []
+        self.line_ways[key] = []
+        self.line_segments[key] = []
+        runs: list[list[int]] = []
         run: list[int] = []
-        for i in range(ncx):
-            if h_present[j, i]:
+        for i in range(len(grid.x) - 1):
+            if grid.h_present[j, i]:
                 if not run:
                     run = [int(node_id[i, j])]
                 run.append(int(node_id[i + 1, j]))
             elif run:
-                runs_h.append(run)
+                runs.append(run)
                 run = []
         if run:
-            runs_h.append(run)
-        where = {int(node_id[i, j]): (float(X[i]), "node") for i in np.nonzero(node_kept[:, j])[0]}
-        for run in runs_h:
-            for piece in split_run(run):
-                road = with_signals(piece, where, float(Y[j]), False, cls)
-                ways.append((road, road_tags(cls, name)))
-                if len(runs_h) == 1:
-                    line_ways[key].append(len(ways) - 1)
-                add_segments(road, cls, False)
-                line_segments[key].extend(itertools.pairwise(piece))
+            runs.append(run)
+        where = {
+            int(node_id[i, j]): (float(grid.x[i]), "node")
+            for i in np.nonzero(grid.node_kept[:, j])[0]
+        }
+        for run in runs:
+            for piece in self._split_run(run):
+                road = self._with_signals(piece, where, float(grid.y[j]), False, cls)
+                self._add_road(road, cls, name, key if len(runs) == 1 else None)
+                self.line_segments[key].extend(itertools.pairwise(piece))
 
-    for i, j in alley_cells:
-        y = alley_y[(i, j)]
-        a, b = junction_id[(i, y)], junction_id[(i + 1, y)]
-        tags = road_tags(_SERVICE, None)
-        ways.append(([a, b], {"highway": "service", "service": "alley",
-                              **{k_: v for k_, v in tags.items() if k_ != "highway"}}))
-        add_segments([a, b], _SERVICE, False)
-
-    # ---- parks --------------------------------------------------------------------------
-    park_rects: list[FloatArray] = []
-    park_paths: list[tuple[int, int] | None] = []  # the diagonal footway of each park, if any
-    for i, j in np.argwhere(style == _PARK):
-        x0, x1 = float(IX0[i, j] - SETBACK_M), float(IX1[i, j] + SETBACK_M)
-        y0, y1 = float(IY0[i, j] - SETBACK_M), float(IY1[i, j] + SETBACK_M)
-        if x1 - x0 < 8 or y1 - y0 < 8:
-            continue
-        park_rects.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
-        path: tuple[int, int] | None = None
-        if rng_park.random() < 0.7:
-            if rng_park.random() < 0.5:
-                path = (int(node_id[i, j]), int(node_id[i + 1, j + 1]))
+    def _road_tags(self, cls: int, name: str | None) -> Tags:
+        """Tags of a road of class ``cls``: maxspeed (sometimes in mph), lanes, surface, name."""
+        rng = self.rng.tags
+        tags: Tags = {"highway": ROAD_CLASSES[cls]}
+        kmh = MAXSPEED_KMH[cls]
+        if kmh and not (cls == _SERVICE and rng.random() < 0.5):
+            if rng.random() < self.config.mph_fraction:
+                tags["maxspeed"] = MAXSPEED_MPH[kmh]
             else:
-                path = (int(node_id[i + 1, j]), int(node_id[i, j + 1]))
-            ways.append(([path[0], path[1]], road_tags(_FOOTWAY, None)))
-            add_segments([path[0], path[1]], _FOOTWAY, False)
-        park_paths.append(path)
+                tags["maxspeed"] = str(kmh)
+        lanes = _pick(rng.random(), _LANES[cls])
+        if lanes:
+            tags["lanes"] = lanes
+        tags["surface"] = _pick(rng.random(), _SURFACES[cls])
+        if name:
+            tags["name"] = name
+        tags["source"] = SOURCE_VALUE
+        return tags
 
-    # ---- river ------------------------------------------------------------------------------
-    rx = np.arange(-RIVER_OVERHANG_M, S + RIVER_OVERHANG_M + RIVER_STEP_M / 2, RIVER_STEP_M)
-    rx[-1] = S + RIVER_OVERHANG_M
-    ry = river_y(rx)
-    rw = river_w(rx) / 2.0
-    waterways = 0
-    for piece in _chunks(nodes.add(rx, ry).tolist()):
-        ways.append((piece, {"waterway": "river", "name": "Synth River", "source": src}))
-        waterways += 1
-    south_ids = nodes.add(rx, ry - rw).tolist()
-    north_ids = nodes.add(rx, ry + rw).tolist()
-    members: list[Member] = []
-    for part in (south_ids + [north_ids[-1]], north_ids[::-1] + [south_ids[0]]):
-        for piece in _chunks(part):
-            ways.append((piece, {}))
-            members.append(("w", len(ways), "outer"))
-    island_rings: list[FloatArray] = []
-    ang = np.linspace(0.0, 2.0 * math.pi, 24, endpoint=False)
-    for xi, si in zip(isl_x, isl_sigma):
-        rot = math.atan(float(river_y(xi + 1.0) - river_y(xi - 1.0)) / 2.0)
-        ex_, ey_ = 1.1 * si * np.cos(ang), 0.5 * W0 * np.sin(ang)
-        px = xi + ex_ * math.cos(rot) - ey_ * math.sin(rot)
-        py = float(river_y(xi)) + ex_ * math.sin(rot) + ey_ * math.cos(rot)
-        ids = nodes.add(px, py).tolist()
-        ways.append((ids + [ids[0]], {}))
-        members.append(("w", len(ways), "inner"))
-        island_rings.append(np.stack([px, py], 1))
-    relations.append((members, {"type": "multipolygon", "natural": "water", "water": "river",
-                                "name": "Synth River", "source": src}))
-    outer_ring = np.concatenate(
-        [np.stack([rx, ry - rw], 1), np.stack([rx[::-1], (ry + rw)[::-1]], 1)]
-    )
-    water_outer = shapely.Polygon(outer_ring)
-    water = shapely.Polygon(outer_ring, island_rings)
+    def _split_run(self, run: list[int]) -> list[list[int]]:
+        """A run of a street line's nodes cut into ways of 2-6 segments (no 1-segment tail)."""
+        out = []
+        at = 0
+        while at < len(run) - 1:
+            end = min(at + int(self.rng.roads.integers(2, 7)), len(run) - 1)
+            if len(run) - 1 - end == 1:
+                end += 1
+            out.append(run[at : end + 1])
+            at = end
+        return out
 
-    # Riverside parks: block minus the (buffered) water.
+    def _with_signals(
+        self,
+        piece: list[int],
+        where: dict[int, tuple[float, str]],
+        fixed: float,
+        vertical: bool,
+        cls: int,
+    ) -> list[int]:
+        """A road way's nodes with its approach signals and signalised crossings inserted.
+
+        ``where`` maps the line's nodes to their coordinate along the line and their kind
+        (``"node"`` for a grid junction); ``fixed`` is the line's other coordinate. The zebra
+        crossings of the way's signalised junction arms and crossings go to ``crosswalks``.
+        """
+        out = piece[:1]
+        half = ROAD_WIDTH_M[cls] / 2.0
+        for a, b in itertools.pairwise(piece):
+            (ca, ka), (cb, kb) = where[a], where[b]
+            extra: list[tuple[float, str]] = []
+            if cb - ca > 3 * SIGNAL_SETBACK_M:
+                if a in self.per_approach:
+                    extra.append((ca + SIGNAL_SETBACK_M, "signal"))
+                if b in self.per_approach:
+                    extra.append((cb - SIGNAL_SETBACK_M, "signal"))
+            if (
+                cls in _MAJOR
+                and ka == kb == "node"
+                and cb - ca > 4 * SIGNAL_SETBACK_M
+                and self.rng.signals.random() < self.config.signal_crossing_fraction
+            ):
+                extra.append(((ca + cb) / 2.0, "crossing"))
+            painted = [c for c, kind in extra if kind == "crossing"]
+            for node, c, sign in ((a, ca, 1.0), (b, cb, -1.0)):
+                if node in self.kerb:
+                    offset = self.kerb[node][0 if vertical else 1] + CROSSWALK_GAP_M
+                    if cb - ca > 2 * (offset + CROSSWALK_DEPTH_M):
+                        painted.append(c + sign * (offset + CROSSWALK_DEPTH_M / 2.0))
+            self.crosswalks.extend(
+                ((fixed, c) if vertical else (c, fixed)) + (vertical, half) for c in painted
+            )
+            for c, kind in sorted(extra):
+                xy = (fixed, c) if vertical else (c, fixed)
+                out.append(self._road_node(*xy, _SIGNAL_TAGS[kind]))
+                self.made[kind] += 1
+            out.append(b)
+        return out
+
+    def _add_segments(self, ids: list[int], cls: int, bridge: bool) -> None:
+        for a, b in itertools.pairwise(ids):
+            self.segs.append((*self.road_xy[a], *self.road_xy[b], cls, bridge))
+
+    # ---- parks, water, landuse --------------------------------------------------------------
+
+    def _parks(
+        self, blocks: _Blocks, node_id: IntArray
+    ) -> tuple[list[FloatArray], list[tuple[int, int] | None]]:
+        """The park blocks' rectangles and each one's diagonal footway, if any (ways now)."""
+        park_rects: list[FloatArray] = []
+        park_paths: list[tuple[int, int] | None] = []
+        for i, j in np.argwhere(blocks.style == _PARK):
+            x0, x1 = float(blocks.x0[i, j] - SETBACK_M), float(blocks.x1[i, j] + SETBACK_M)
+            y0, y1 = float(blocks.y0[i, j] - SETBACK_M), float(blocks.y1[i, j] + SETBACK_M)
+            if x1 - x0 < 8 or y1 - y0 < 8:
+                continue
+            park_rects.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+            path: tuple[int, int] | None = None
+            if self.rng.park.random() < 0.7:
+                if self.rng.park.random() < 0.5:
+                    path = (int(node_id[i, j]), int(node_id[i + 1, j + 1]))
+                else:
+                    path = (int(node_id[i + 1, j]), int(node_id[i, j + 1]))
+                self.ways.append(([path[0], path[1]], self._road_tags(_FOOTWAY, None)))
+                self._add_segments([path[0], path[1]], _FOOTWAY, False)
+            park_paths.append(path)
+        return park_rects, park_paths
+
+    def _river(self, river: _River) -> _Water:
+        """The river's centreline ways and its water multipolygon (bank ways, island rings)."""
+        size, nodes, ways = self.size, self.nodes, self.ways
+        rx = np.arange(-RIVER_OVERHANG_M, size + RIVER_OVERHANG_M + RIVER_STEP_M / 2, RIVER_STEP_M)
+        rx[-1] = size + RIVER_OVERHANG_M
+        ry = river.y(rx)
+        rw = river.w(rx) / 2.0
+        for piece in _chunks(nodes.add(rx, ry).tolist()):
+            ways.append(
+                (piece, {"waterway": "river", "name": "Synth River", "source": SOURCE_VALUE})
+            )
+            self.made["waterways"] += 1
+        south_ids = nodes.add(rx, ry - rw).tolist()
+        north_ids = nodes.add(rx, ry + rw).tolist()
+        members: list[Member] = []
+        for part in (south_ids + [north_ids[-1]], north_ids[::-1] + [south_ids[0]]):
+            for piece in _chunks(part):
+                ways.append((piece, {}))
+                members.append(("w", len(ways), "outer"))
+        island_rings: list[FloatArray] = []
+        ang = np.linspace(0.0, 2.0 * math.pi, 24, endpoint=False)
+        for xi, si in zip(river.island_x, river.island_sigma):
+            rot = math.atan(float(river.y(xi + 1.0) - river.y(xi - 1.0)) / 2.0)
+            ex_, ey_ = 1.1 * si * np.cos(ang), 0.5 * river.width * np.sin(ang)
+            px = xi + ex_ * math.cos(rot) - ey_ * math.sin(rot)
+            py = float(river.y(xi)) + ex_ * math.sin(rot) + ey_ * math.cos(rot)
+            ids = nodes.add(px, py).tolist()
+            ways.append((ids + [ids[0]], {}))
+            members.append(("w", len(ways), "inner"))
+            island_rings.append(np.stack([px, py], 1))
+        self.relations.append(
+            (
+                members,
+                {
+                    "type": "multipolygon",
+                    "natural": "water",
+                    "water": "river",
+                    "name": "Synth River",
+                    "source": SOURCE_VALUE,
+                },
+            )
+        )
+        outer_ring = np.concatenate(
+            [np.stack([rx, ry - rw], 1), np.stack([rx[::-1], (ry + rw)[::-1]], 1)]
+        )
+        return _Water(
+            shapely.Polygon(outer_ring), shapely.Polygon(outer_ring, island_rings), island_rings
+        )
+
+    def _park_ways(self, park_rects: list[FloatArray], riverside_polys: list[Any]) -> None:
+        """The parks as ``leisure=park`` closed ways: the park blocks, then the riverside ones."""
+        for ring in park_rects:
+            ids = self.nodes.add(ring[:, 0], ring[:, 1]).tolist()
+            self.ways.append((ids + [ids[0]], {"leisure": "park", "source": SOURCE_VALUE}))
+            self.made["parks"] += 1
+        for poly in riverside_polys:
+            coords = np.asarray(poly.exterior.coords)[:-1]
+            ids = self.nodes.add(coords[:, 0], coords[:, 1]).tolist()
+            self.ways.append(
+                (
+                    ids + [ids[0]],
+                    {
+                        "leisure": "park",
+                        "name": f"Synth Riverside {self.made['parks']}",
+                        "source": SOURCE_VALUE,
+                    },
+                )
+            )
+            self.made["parks"] += 1
+
+    def _landuse(self, blocks: _Blocks) -> tuple[FloatArray, IntArray]:
+        """A ``landuse=*`` closed way per built block; returns every built block's ground quad
+        and style (for the image)."""
+        gi, gj = np.nonzero(np.isin(blocks.style, (_HOUSES, _APARTMENTS, _COMMERCIAL, _INDUSTRIAL)))
+        ground = _rect_quads(
+            blocks.x0[gi, gj] - SETBACK_M,
+            blocks.y0[gi, gj] - SETBACK_M,
+            blocks.x1[gi, gj] + SETBACK_M,
+            blocks.y1[gi, gj] + SETBACK_M,
+        )
+        ok = (blocks.w[gi, gj] > 0) & (blocks.h[gi, gj] > 0)
+        for q, st in zip(ground[ok], blocks.style[gi, gj][ok]):
+            ids = self.nodes.add(q[:, 0], q[:, 1]).tolist()
+            value = _pick(self.rng.tags.random(), _STYLE_TABLE[int(st)].landuse)
+            self.ways.append((ids + [ids[0]], {"landuse": value, "source": SOURCE_VALUE}))
+            self.made["landuse"] += 1
+        return ground, blocks.style[gi, gj]
+
+    # ---- buildings, POIs, trees, routes -----------------------------------------------------
+
+    def _building_nodes(
+        self, shapes: _Shapes, levels: IntArray, housenumber: IntArray
+    ) -> _Buildings:
+        """The buildings' nodes, one block of ids each: outer corners, then courtyard corners."""
+        per = np.where(shapes.courtyard, 8, 4)
+        flat = np.concatenate([shapes.corners, shapes.inner], 1)[
+            np.arange(8)[None, :] < per[:, None]
+        ]
+        first = self.nodes.count + 1 + np.cumsum(per) - per
+        self.nodes.add(flat[:, 0], flat[:, 1])
+        return _Buildings(
+            shapes.corners, shapes.inner, shapes.courtyard, shapes.btype, levels, housenumber, first
+        )
+
+    def _poi_tags(self, kind: tuple[str, str]) -> Tags:
+        tags = {kind[0]: kind[1]}
+        if kind[1] not in _UNNAMED_POIS and self.rng.poi.random() < 0.5:
+            tags["name"] = f"Synth {kind[1].replace('_', ' ').title()}"
+        tags["source"] = SOURCE_VALUE
+        return tags
+
+    def _pois(self, shapes: _Shapes, park_shapes: list[Any]) -> None:
+        """Point POIs fitting the district inside buildings (at the centre, or in the middle of
+        a courtyard's southern wing), and park POIs inside the parks."""
+        rng = self.rng.poi
+        rate = np.array([_STYLE_TABLE[s].poi_rate for s in range(4)])[shapes.style]
+        has_poi = (rng.random(len(shapes.btype)) < rate) & (shapes.btype < _SHED)
+        corners = shapes.corners
+        pcx = corners[:, :, 0].mean(1)
+        pcy = np.where(
+            shapes.courtyard, corners[:, 0, 1] + shapes.inset / 2.0, corners[:, :, 1].mean(1)
+        )
+        for b in np.nonzero(has_poi)[0]:
+            options = _STYLE_TABLE[int(shapes.style[b])].pois
+            self.nodes.add_one(
+                float(pcx[b]),
+                float(pcy[b]),
+                self._poi_tags(options[int(rng.integers(0, len(options)))]),
+            )
+            self.made["pois"] += 1
+        for poly in park_shapes:
+            n = int(min(6, rng.poisson(poly.area / 4000.0)))
+            if n == 0:
+                continue
+            x0, y0, x1, y1 = poly.bounds
+            px = rng.uniform(x0, x1, 8 * n)
+            py = rng.uniform(y0, y1, 8 * n)
+            inside = shapely.contains_xy(poly, px, py)
+            for x, y in list(zip(px[inside], py[inside]))[:n]:
+                kind = _PARK_POIS[int(rng.integers(0, len(_PARK_POIS)))]
+                self.nodes.add_one(float(x), float(y), self._poi_tags(kind))
+                self.made["pois"] += 1
+
+    def _trees(
+        self,
+        blocks: _Blocks,
+        alley_y: dict[tuple[int, int], float],
+        park_rects: list[FloatArray],
+        park_paths: list[tuple[int, int] | None],
+        riverside_polys: list[Any],
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Street and park trees (``natural=tree`` nodes); returns their x, y and crown radius."""
+        tree_refs = [
+            self.nodes.table({"natural": "tree", "source": SOURCE_VALUE}),
+            self.nodes.table(
+                {"natural": "tree", "leaf_type": "broadleaved", "source": SOURCE_VALUE}
+            ),
+            self.nodes.table(
+                {"natural": "tree", "leaf_type": "needleleaved", "source": SOURCE_VALUE}
+            ),
+        ]
+        rng = self.rng.trees
+        tx, ty, tr = _street_trees(
+            self.config, blocks.style, blocks.x0, blocks.x1, blocks.y0, blocks.y1, alley_y, rng
+        )
+        paths = [
+            None if p_ is None else (self.road_xy[p_[0]], self.road_xy[p_[1]]) for p_ in park_paths
+        ]
+        px_, py_, pr_ = _park_trees(self.config, park_rects, paths, riverside_polys, rng)
+        tx, ty, tr = np.concatenate([tx, px_]), np.concatenate([ty, py_]), np.concatenate([tr, pr_])
+        kind_u = rng.random(len(tx))
+        tree_ref = np.where(
+            kind_u < 0.7, tree_refs[0], np.where(kind_u < 0.94, tree_refs[1], tree_refs[2])
+        )
+        self.nodes.add(tx, ty, tree_ref)
+        self.made["trees"] = len(tx)
+        return tx, ty, tr
+
+    def _bus_routes(self, grid: _Grid) -> None:
+        """Bus route relations over some continuous major streets, with platform nodes."""
+        rng = self.rng.roads
+        major_keys = [("v", i) for i in range(len(grid.x)) if grid.cls_v[i] in _MAJOR] + [
+            ("h", j) for j in range(len(grid.y)) if grid.cls_h[j] in _MAJOR
+        ]
+        major_keys = [k_ for k_ in major_keys if self.line_ways[k_]]
+        chosen = [k_ for k_ in major_keys if rng.random() < self.config.bus_route_fraction]
+        if not chosen and major_keys and self.config.bus_route_fraction > 0:
+            chosen = [major_keys[int(rng.integers(0, len(major_keys)))]]
+        for key in chosen:
+            orient, li = key
+            cls = int(grid.cls_v[li] if orient == "v" else grid.cls_h[li])
+            off = ROAD_WIDTH_M[cls] / 2 + SIDEWALK_M / 2
+            stops: list[Member] = []
+            for a, b in self.line_segments[key][1::3]:
+                (ax, ay), (bx, by) = self.road_xy[a], self.road_xy[b]
+                length = math.hypot(bx - ax, by - ay)
+                if length < 20:
+                    continue
+                mx, my = (ax + bx) / 2, (ay + by) / 2
+                sid = self.nodes.add_one(
+                    mx + (by - ay) / length * off,
+                    my - (bx - ax) / length * off,
+                    {
+                        "highway": "bus_stop",
+                        "public_transport": "platform",
+                        "bus": "yes",
+                        "source": SOURCE_VALUE,
+                    },
+                )
+                stops.append(("n", sid, "platform"))
+                self.made["bus_stops"] += 1
+            self.made["routes"] += 1
+            routes = self.made["routes"]
+            self.relations.append(
+                (
+                    stops + [("w", w + 1, "") for w in self.line_ways[key]],
+                    {
+                        "type": "route",
+                        "route": "bus",
+                        "ref": str(routes),
+                        "name": f"Synth bus {routes}",
+                        "source": SOURCE_VALUE,
+                    },
+                )
+            )
+
+    # ---- summary ----------------------------------------------------------------------------
+
+    def _counts(self, buildings: _Buildings, islands: int) -> dict[str, int]:
+        """The ground-truth counts of the summary JSON."""
+        made, ways, nodes = self.made, self.ways, self.nodes
+        nbld = buildings.count
+        btype = buildings.btype
+        n_court = int(buildings.courtyard.sum())
+        highway_counts = {c_: 0 for c_ in ROAD_CLASSES}
+        maxspeed_ways = mph_ways = 0
+        for _, tags in ways:
+            h = tags.get("highway")
+            if h is not None:
+                highway_counts[h] += 1
+            ms = tags.get("maxspeed")
+            if ms is not None:
+                maxspeed_ways += 1
+                mph_ways += ms.endswith("mph")
+        tagged_nodes = nodes.tagged_count()
+        tagged_ways = sum(1 for _, tags in ways if tags) + nbld - n_court
+        n_relations = len(self.relations) + n_court
+        return {
+            "nodes": nodes.count,
+            "ways": len(ways) + nbld + n_court,
+            "relations": n_relations,
+            "tagged_nodes": tagged_nodes,
+            "tagged_ways": tagged_ways,
+            "entities": tagged_nodes + tagged_ways + n_relations,
+            "buildings": nbld,
+            "building_ways": nbld - n_court,
+            "building_relations": n_court,
+            **{
+                f"building_{name}": int((btype == t_).sum())
+                for t_, name in enumerate(BUILDING_TYPES)
+            },
+            "highways": sum(highway_counts.values()),
+            **{f"highway_{c_}": v for c_, v in highway_counts.items()},
+            "traffic_signals": made["signal"],
+            "signal_crossings": made["crossing"],
+            "crosswalks": len(self.crosswalks),
+            "bridges": made["bridges"],
+            "car_bridges": made["car_bridges"],
+            "foot_bridges": made["foot_bridges"],
+            "maxspeed_ways": maxspeed_ways,
+            "maxspeed_mph": mph_ways,
+            "waterways": made["waterways"],
+            "water_areas": 1,
+            "islands": islands,
+            "parks": made["parks"],
+            "landuse": made["landuse"],
+            "trees": made["trees"],
+            "pois": made["pois"],
+            "bus_stops": made["bus_stops"],
+            "routes": made["routes"],
+            "multipolygons": 1 + n_court,
+        }
+
+
+def _riverside_parks(blocks: _Blocks, water_outer: Any) -> list[Any]:
+    """Riverside park polygons: each riverside block minus the (buffered) water."""
     water_buffer = water_outer.buffer(PARK_BANK_CLEARANCE_M)
-    riverside_polys: list[Any] = []
-    for i, j in np.argwhere(style == _RIVERSIDE):
-        x0, x1 = float(IX0[i, j] - SETBACK_M), float(IX1[i, j] + SETBACK_M)
-        y0, y1 = float(IY0[i, j] - SETBACK_M), float(IY1[i, j] + SETBACK_M)
+    polys: list[Any] = []
+    for i, j in np.argwhere(blocks.style == _RIVERSIDE):
+        x0, x1 = float(blocks.x0[i, j] - SETBACK_M), float(blocks.x1[i, j] + SETBACK_M)
+        y0, y1 = float(blocks.y0[i, j] - SETBACK_M), float(blocks.y1[i, j] + SETBACK_M)
         if x1 - x0 < 8 or y1 - y0 < 8:
             continue
         rest = shapely.box(x0, y0, x1, y1).difference(water_buffer)
@@ -1263,183 +1834,29 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
                 continue
             piece = shapely.Polygon(piece.exterior).simplify(0.5)
             if not piece.is_empty and piece.area >= 150.0:
-                riverside_polys.append(piece)
-    parks = 0
-    for ring in park_rects:
-        ids = nodes.add(ring[:, 0], ring[:, 1]).tolist()
-        ways.append((ids + [ids[0]], {"leisure": "park", "source": src}))
-        parks += 1
-    for poly in riverside_polys:
-        coords = np.asarray(poly.exterior.coords)[:-1]
-        ids = nodes.add(coords[:, 0], coords[:, 1]).tolist()
-        ways.append((ids + [ids[0]], {"leisure": "park", "name": f"Synth Riverside {parks}",
-                                      "source": src}))
-        parks += 1
+                polys.append(piece)
+    return polys
 
-    # ---- landuse of built blocks ------------------------------------------------------------
-    gi, gj = np.nonzero(np.isin(style, (_HOUSES, _APARTMENTS, _COMMERCIAL, _INDUSTRIAL)))
-    ground = _rect_quads(IX0[gi, gj] - SETBACK_M, IY0[gi, gj] - SETBACK_M,
-                         IX1[gi, gj] + SETBACK_M, IY1[gi, gj] + SETBACK_M)
-    ok = (IW[gi, gj] > 0) & (IH[gi, gj] > 0)
-    landuse = 0
-    for q, st in zip(ground[ok], style[gi, gj][ok]):
-        ids = nodes.add(q[:, 0], q[:, 1]).tolist()
-        value = _pick(rng_tags.random(), tab[int(st)].landuse)
-        ways.append((ids + [ids[0]], {"landuse": value, "source": src}))
-        landuse += 1
 
-    # ---- buildings (nodes in one block: outer corners, then courtyard corners) ------------
-    per = np.where(courtyard, 8, 4)
-    flat = np.concatenate([corners, inner], 1)[np.arange(8)[None, :] < per[:, None]]
-    first = nodes.count + 1 + np.cumsum(per) - per
-    nodes.add(flat[:, 0], flat[:, 1])
-    buildings = _Buildings(corners, inner, courtyard, btype, levels, housenumber, first)
-
-    # ---- POIs -----------------------------------------------------------------------------
-    pois = 0
-
-    def poi_tags(kind: tuple[str, str]) -> Tags:
-        tags = {kind[0]: kind[1]}
-        if kind[1] not in _UNNAMED_POIS and rng_poi.random() < 0.5:
-            tags["name"] = f"Synth {kind[1].replace('_', ' ').title()}"
-        tags["source"] = src
-        return tags
-
-    rate = np.array([tab[s].poi_rate for s in range(4)])[b_style]
-    has_poi = (rng_poi.random(nbld) < rate) & (btype < _SHED)
-    # A point inside the building: its centre, or the middle of a courtyard's southern wing.
-    pcx = corners[:, :, 0].mean(1)
-    pcy = np.where(courtyard, corners[:, 0, 1] + inset / 2.0, corners[:, :, 1].mean(1))
-    for b in np.nonzero(has_poi)[0]:
-        options = tab[int(b_style[b])].pois
-        nodes.add_one(float(pcx[b]), float(pcy[b]),
-                      poi_tags(options[int(rng_poi.integers(0, len(options)))]))
-        pois += 1
-    park_shapes = [shapely.Polygon(r_) for r_ in park_rects] + riverside_polys
-    for poly in park_shapes:
-        n = int(min(6, rng_poi.poisson(poly.area / 4000.0)))
-        if n == 0:
-            continue
-        x0, y0, x1, y1 = poly.bounds
-        px = rng_poi.uniform(x0, x1, 8 * n)
-        py = rng_poi.uniform(y0, y1, 8 * n)
-        inside = shapely.contains_xy(poly, px, py)
-        for x, y in list(zip(px[inside], py[inside]))[:n]:
-            kind = _PARK_POIS[int(rng_poi.integers(0, len(_PARK_POIS)))]
-            nodes.add_one(float(x), float(y), poi_tags(kind))
-            pois += 1
-
-    # ---- trees ------------------------------------------------------------------------------
-    tree_refs = [
-        nodes.table({"natural": "tree", "source": src}),
-        nodes.table({"natural": "tree", "leaf_type": "broadleaved", "source": src}),
-        nodes.table({"natural": "tree", "leaf_type": "needleleaved", "source": src}),
-    ]
-    tx, ty, tr = _street_trees(config, style, IX0, IX1, IY0, IY1, alley_y, rng_trees)
-    paths = [None if p_ is None else (pos(p_[0]), pos(p_[1])) for p_ in park_paths]
-    px_, py_, pr_ = _park_trees(config, park_rects, paths, riverside_polys, rng_trees)
-    tx, ty, tr = np.concatenate([tx, px_]), np.concatenate([ty, py_]), np.concatenate([tr, pr_])
-    kind_u = rng_trees.random(len(tx))
-    tree_ref = np.where(kind_u < 0.7, tree_refs[0], np.where(kind_u < 0.94, tree_refs[1],
-                                                             tree_refs[2]))
-    nodes.add(tx, ty, tree_ref)
-    trees = len(tx)
-
-    # ---- bus routes -------------------------------------------------------------------------
-    routes = bus_stops = 0
-    major_keys = [("v", i) for i in range(nx) if cls_v[i] in _MAJOR] + [
-        ("h", j) for j in range(ny) if cls_h[j] in _MAJOR
-    ]
-    major_keys = [k_ for k_ in major_keys if line_ways[k_]]
-    chosen = [k_ for k_ in major_keys if rng_roads.random() < config.bus_route_fraction]
-    if not chosen and major_keys and config.bus_route_fraction > 0:
-        chosen = [major_keys[int(rng_roads.integers(0, len(major_keys)))]]
-    for key in chosen:
-        orient, li = key
-        cls = int(cls_v[li] if orient == "v" else cls_h[li])
-        off = width[cls] / 2 + SIDEWALK_M / 2
-        stops: list[Member] = []
-        for a, b in line_segments[key][1::3]:
-            (ax, ay), (bx, by) = pos(a), pos(b)
-            length = math.hypot(bx - ax, by - ay)
-            if length < 20:
-                continue
-            mx, my = (ax + bx) / 2, (ay + by) / 2
-            sid = nodes.add_one(
-                mx + (by - ay) / length * off, my - (bx - ax) / length * off,
-                {"highway": "bus_stop", "public_transport": "platform", "bus": "yes",
-                 "source": src},
-            )
-            stops.append(("n", sid, "platform"))
-            bus_stops += 1
-        routes += 1
-        relations.append(
-            (stops + [("w", w + 1, "") for w in line_ways[key]],
-             {"type": "route", "route": "bus", "ref": str(routes), "name": f"Synth bus {routes}",
-              "source": src})
-        )
-
-    # ---- counts -----------------------------------------------------------------------------
-    n_court = int(courtyard.sum())
-    highway_counts = {c_: 0 for c_ in ROAD_CLASSES}
-    maxspeed_ways = mph_ways = 0
-    for _, tags in ways:
-        h = tags.get("highway")
-        if h is not None:
-            highway_counts[h] += 1
-        ms = tags.get("maxspeed")
-        if ms is not None:
-            maxspeed_ways += 1
-            mph_ways += ms.endswith("mph")
-    tagged_nodes = nodes.tagged_count()
-    tagged_ways = sum(1 for _, tags in ways if tags) + nbld - n_court
-    n_relations = len(relations) + n_court
-    counts: dict[str, int] = {
-        "nodes": nodes.count,
-        "ways": len(ways) + nbld + n_court,
-        "relations": n_relations,
-        "tagged_nodes": tagged_nodes,
-        "tagged_ways": tagged_ways,
-        "entities": tagged_nodes + tagged_ways + n_relations,
-        "buildings": nbld,
-        "building_ways": nbld - n_court,
-        "building_relations": n_court,
-        **{f"building_{name}": int((btype == t_).sum()) for t_, name in enumerate(BUILDING_TYPES)},
-        "highways": sum(highway_counts.values()),
-        **{f"highway_{c_}": v for c_, v in highway_counts.items()},
-        "traffic_signals": signal_counts["signal"],
-        "signal_crossings": signal_counts["crossing"],
-        "crosswalks": len(crosswalks),
-        "bridges": bridge_ways,
-        "car_bridges": car_bridge_ways,
-        "foot_bridges": foot_bridge_ways,
-        "maxspeed_ways": maxspeed_ways,
-        "maxspeed_mph": mph_ways,
-        "waterways": waterways,
-        "water_areas": 1,
-        "islands": len(island_rings),
-        "parks": parks,
-        "landuse": landuse,
-        "trees": trees,
-        "pois": pois,
-        "bus_stops": bus_stops,
-        "routes": routes,
-        "multipolygons": 1 + n_court,
-    }
-
-    epsg = _utm_epsg(config.center_lon, config.center_lat)
-    to_utm = pyproj.Transformer.from_crs(4326, epsg, always_xy=True)
-    ce, cn = to_utm.transform(config.center_lon, config.center_lat)
-    origin = (float(ce) - S / 2.0, float(cn) - S / 2.0)
-    model: dict[str, Any] = {
+def _model_summary(
+    epsg: int,
+    origin: tuple[float, float],
+    size: float,
+    grid: _Grid,
+    crossing: NDArray[np.object_],
+    river: _River,
+    blocks: _Blocks,
+) -> dict[str, Any]:
+    """The generative model's derived parameters, for the summary JSON."""
+    return {
         "utm_epsg": epsg,
         "local_origin_utm": list(origin),
-        "size_m": S,
+        "size_m": size,
         "streets": {
-            "north_south_x_m": X.round(3).tolist(),
-            "east_west_y_m": Y.round(3).tolist(),
-            "north_south_class": [ROAD_CLASSES[c_] for c_ in cls_v],
-            "east_west_class": [ROAD_CLASSES[c_] for c_ in cls_h],
+            "north_south_x_m": grid.x.round(3).tolist(),
+            "east_west_y_m": grid.y.round(3).tolist(),
+            "north_south_class": [ROAD_CLASSES[c_] for c_ in grid.cls_v],
+            "east_west_class": [ROAD_CLASSES[c_] for c_ in grid.cls_h],
             "north_south_river_crossing": crossing.tolist(),
             "road_width_m": dict(zip(ROAD_CLASSES, ROAD_WIDTH_M)),
             "maxspeed_kmh": dict(zip(ROAD_CLASSES[:5], MAXSPEED_KMH[:5])),
@@ -1448,14 +1865,14 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
             "crosswalk_gap_m": CROSSWALK_GAP_M,
         },
         "river": {
-            "center_y_m": river_y0,
-            "amplitude_m": amplitude,
-            "wavelength_m": wavelength,
-            "phase_rad": phase,
-            "width_m": W0,
-            "island_x_m": isl_x.tolist(),
+            "center_y_m": river.y0,
+            "amplitude_m": river.amplitude,
+            "wavelength_m": river.wavelength,
+            "phase_rad": river.phase,
+            "width_m": river.width,
+            "island_x_m": river.island_x.tolist(),
         },
-        "blocks": {name: int((style == k_).sum()) for k_, name in enumerate(STYLES)},
+        "blocks": {name: int((blocks.style == k_).sum()) for k_, name in enumerate(STYLES)},
         "block_styles": {
             STYLES[k_]: {
                 "lot_width_m": st.lot_w,
@@ -1469,25 +1886,18 @@ def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
                 "pois": [f"{a}={b}" for a, b in st.pois],
                 "street_tree_probability": st.street_trees,
             }
-            for k_, st in tab.items()
+            for k_, st in _STYLE_TABLE.items()
         },
         "building_types": list(BUILDING_TYPES),
         "building_levels": {BUILDING_TYPES[t_]: list(v) for t_, v in enumerate(_BUILDING_LEVELS)},
         "park_pois": [f"{a}={b}" for a, b in _PARK_POIS],
     }
 
-    batches: list[_PolyBatch | _ShapeBatch] = []
-    if with_shapes:
-        batches = _image_batches(
-            ground=ground, ground_style=style[gi, gj], park_rects=park_rects,
-            riverside_polys=riverside_polys, water=water, island_rings=island_rings,
-            segs=np.asarray(segs, dtype=np.float64).reshape(-1, 6),
-            crosswalks=np.asarray(crosswalks, dtype=np.float64).reshape(-1, 4),
-            trees=(tx, ty, tr), buildings=buildings, theta=theta, bw=bw, bd=bd, bcx=bcx,
-            bcy=bcy, b_style=b_style, rng=rng_image,
-        )
-    return _City(config, S, epsg, origin, nodes, ways, buildings, relations, batches, counts,
-                 model)
+
+def _plan_city(config: SynthConfig, with_shapes: bool = True) -> _City:
+    """Generate the whole city in memory (geometry in local metres, tags, image shapes)."""
+    _validate(config)
+    return _CityPlanner(config).plan(with_shapes)
 
 
 def _street_trees(
@@ -1600,10 +2010,12 @@ def _image_batches(
     batches.append(_PolyBatch(ground, ground_mat[ground_style]))
     if park_rects:
         batches.append(_PolyBatch(np.stack(park_rects), np.full(len(park_rects), _M_PARK, u8)))
-    batches.append(_ShapeBatch(
-        list(riverside_polys) + [water] + [shapely.Polygon(r) for r in island_rings],
-        [_M_PARK] * len(riverside_polys) + [_M_WATER] + [_M_ISLAND] * len(island_rings),
-    ))
+    batches.append(
+        _ShapeBatch(
+            list(riverside_polys) + [water] + [shapely.Polygon(r) for r in island_rings],
+            [_M_PARK] * len(riverside_polys) + [_M_WATER] + [_M_ISLAND] * len(island_rings),
+        )
+    )
 
     ax, ay, bx, by = segs[:, 0], segs[:, 1], segs[:, 2], segs[:, 3]
     cls = segs[:, 4].astype(np.int64)
@@ -1643,8 +2055,11 @@ def _image_batches(
     lit = (-hw_, -hd_, np.where(along_x, hw_, zero), np.where(along_x, zero, hd_))
     shaded = (np.where(along_x, -hw_, zero), np.where(along_x, zero, -hd_), hw_, hd_)
     halves = [_rotate(_rect_quads(*h), bcx[g], bcy[g], theta[g]) for h in (lit, shaded)]
-    batches.append(_PolyBatch(np.concatenate(halves),
-                              np.concatenate([roof[g], roof[g] + _ROOF_SHADE]).astype(u8)))
+    batches.append(
+        _PolyBatch(
+            np.concatenate(halves), np.concatenate([roof[g], roof[g] + _ROOF_SHADE]).astype(u8)
+        )
+    )
     c = np.nonzero(buildings.courtyard)[0]
     court_mat = np.where(b_style[c] == _APARTMENTS, _M_YARD, _M_PAVED).astype(u8)
     batches.append(_PolyBatch(buildings.inner[c], court_mat))
@@ -1672,8 +2087,11 @@ class _Progress:
             )
 
             self._progress = Progress(
-                TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=Console(stderr=True),
+                TextColumn("{task.description:<8}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
             )
 
     def __enter__(self) -> Self:
@@ -1729,18 +2147,21 @@ def _write_pbf(city: _City, path: Path, progress: _Progress) -> None:
     del x, y
     header = osmium.io.Header()
     header.set("generator", GENERATOR)
-    header.add_box(osmium.osm.Box(float(lon.min()), float(lat.min()), float(lon.max()),
-                                  float(lat.max())))
+    header.add_box(
+        osmium.osm.Box(float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()))
+    )
     table = city.nodes.tag_table
     Node, Way, Relation = mutable.Node, mutable.Way, mutable.Relation
-    with osmium.SimpleWriter(osmium.io.File(str(path), "pbf"), header=header,
-                             overwrite=True) as writer:
+    with osmium.SimpleWriter(
+        osmium.io.File(str(path), "pbf"), header=header, overwrite=True
+    ) as writer:
         add_node = writer.add_node
         advance = progress.task("nodes", len(lon))
         for s in range(0, len(lon), _CHUNK):
             e = min(s + _CHUNK, len(lon))
-            for nid, a, b, r in zip(range(s + 1, e + 1), lon[s:e].tolist(), lat[s:e].tolist(),
-                                    ref[s:e].tolist()):
+            for nid, a, b, r in zip(
+                range(s + 1, e + 1), lon[s:e].tolist(), lat[s:e].tolist(), ref[s:e].tolist()
+            ):
                 if r < 0:
                     add_node(Node(id=nid, location=(a, b)))
                 else:
@@ -1760,8 +2181,10 @@ def _write_pbf(city: _City, path: Path, progress: _Progress) -> None:
             e = min(s + _CHUNK, bld.count)
             before = wid
             for n0, court, t, lv, hn in zip(
-                bld.first_node[s:e].tolist(), bld.courtyard[s:e].tolist(),
-                bld.btype[s:e].tolist(), bld.levels[s:e].tolist(),
+                bld.first_node[s:e].tolist(),
+                bld.courtyard[s:e].tolist(),
+                bld.btype[s:e].tolist(),
+                bld.levels[s:e].tolist(),
                 bld.housenumber[s:e].tolist(),
             ):
                 wid += 1
@@ -1772,8 +2195,7 @@ def _write_pbf(city: _City, path: Path, progress: _Progress) -> None:
                     wid += 1
                     add_way(Way(id=wid, nodes=[n0 + 4, n0 + 5, n0 + 6, n0 + 7, n0 + 4]))
                 else:
-                    add_way(Way(id=wid, nodes=ring,
-                                tags=_building_tags(BUILDING_TYPES[t], lv, hn)))
+                    add_way(Way(id=wid, nodes=ring, tags=_building_tags(BUILDING_TYPES[t], lv, hn)))
             advance(wid - before)
 
         add_relation = writer.add_relation
@@ -1783,10 +2205,15 @@ def _write_pbf(city: _City, path: Path, progress: _Progress) -> None:
             add_relation(Relation(id=rid, members=members, tags=tags))
         for k, w in zip(np.nonzero(bld.courtyard)[0].tolist(), court_way):
             rid += 1
-            tags = {"type": "multipolygon", **_building_tags(
-                BUILDING_TYPES[int(bld.btype[k])], int(bld.levels[k]), int(bld.housenumber[k]))}
-            add_relation(Relation(id=rid, members=[("w", w, "outer"), ("w", w + 1, "inner")],
-                                  tags=tags))
+            tags = {
+                "type": "multipolygon",
+                **_building_tags(
+                    BUILDING_TYPES[int(bld.btype[k])], int(bld.levels[k]), int(bld.housenumber[k])
+                ),
+            }
+            add_relation(
+                Relation(id=rid, members=[("w", w, "outer"), ("w", w + 1, "inner")], tags=tags)
+            )
 
 
 def _image_grid(city: _City) -> tuple[float, float, int, int]:
@@ -1837,8 +2264,9 @@ def _periodic_noise(size: int, cell: int, seed: int) -> NDArray[np.float32]:
     return rows[a] * (1 - f)[:, None] + rows[b] * f[:, None]
 
 
-def _window_shapes(batches: list[_PolyBatch | _ShapeBatch], bounds: tuple[float, ...],
-                   margin: float) -> list[tuple[Any, int]]:
+def _window_shapes(
+    batches: list[_PolyBatch | _ShapeBatch], bounds: tuple[float, ...], margin: float
+) -> list[tuple[Any, int]]:
     """GeoJSON-like shapes (in drawing order) that touch a window."""
     wx0, wy0, wx1, wy1 = bounds
     shapes: list[tuple[Any, int]] = []
@@ -1850,12 +2278,15 @@ def _window_shapes(batches: list[_PolyBatch | _ShapeBatch], bounds: tuple[float,
                 continue
             p = batch.polys[sel]
             rings = np.concatenate([p, p[:, :1]], 1).tolist()
-            shapes.extend(({"type": "Polygon", "coordinates": [ring]}, v)
-                          for ring, v in zip(rings, batch.material[sel].tolist()))
+            shapes.extend(
+                ({"type": "Polygon", "coordinates": [ring]}, v)
+                for ring, v in zip(rings, batch.material[sel].tolist())
+            )
         else:
             for geom, v in zip(batch.geoms, batch.material):
-                clipped = shapely.clip_by_rect(geom, wx0 - margin, wy0 - margin, wx1 + margin,
-                                               wy1 + margin)
+                clipped = shapely.clip_by_rect(
+                    geom, wx0 - margin, wy0 - margin, wx1 + margin, wy1 + margin
+                )
                 if not clipped.is_empty:
                     shapes.append((clipped.__geo_interface__, v))
     return shapes
@@ -1892,15 +2323,18 @@ def _write_image(city: _City, path: Path, progress: _Progress) -> None:
     offsets = np.arange(-128, 128, dtype=np.int16)
     luts = [
         np.clip(colour[:, b].astype(np.int16)[:, None] + offsets[None, :], 0, 255)
-        .astype(np.uint8).ravel()
+        .astype(np.uint8)
+        .ravel()
         for b in range(3)
     ]
     seed = int(np.random.SeedSequence([city.config.seed, 0x7E7]).generate_state(1)[0])
     texture = 0.65 * _periodic_noise(tile, cell, seed) + 0.35 * _periodic_noise(
-        tile, cell * 4, seed + 1)
+        tile, cell * 4, seed + 1
+    )
     texture = np.rint(texture * 128).astype(np.int16)
     raw = np.frombuffer(np.random.default_rng(seed).bytes(tile * tile), np.uint8).reshape(
-        tile, tile)
+        tile, tile
+    )
     grain = (raw & 15).astype(np.int16) + (raw >> 4).astype(np.int16) - 15  # triangular
     del raw
     n_rows, n_cols = math.ceil(height / tile), math.ceil(width / tile)
@@ -1915,8 +2349,13 @@ def _write_image(city: _City, path: Path, progress: _Progress) -> None:
                 wx0, wy1 = x0 + c0 * px, y1 - r0 * px
                 shapes = _window_shapes(city.batches, (wx0, wy1 - h * px, wx0 + w * px, wy1), px)
                 if shapes:
-                    mat = rasterize(shapes, out_shape=(h, w), transform=_north_up(wx0, wy1, px),
-                                    fill=_M_GROUND, dtype="uint8")
+                    mat = rasterize(
+                        shapes,
+                        out_shape=(h, w),
+                        transform=_north_up(wx0, wy1, px),
+                        fill=_M_GROUND,
+                        dtype="uint8",
+                    )
                 else:
                     mat = np.full((h, w), _M_GROUND, dtype=np.uint8)
                 delta = (grain[:h, :w] * noise_amp[mat]) >> 3
@@ -1996,8 +2435,9 @@ def write_synthetic_city(
         _atomic(pbf_path, lambda p: _write_pbf(city, p, bar))
         if image_path is not None:
             _atomic(image_path, lambda p: _write_image(city, p, bar))
-    summary = _summary(city, {"pbf": PBF_NAME,
-                              "image": IMAGE_NAME if image_path is not None else None})
+    summary = _summary(
+        city, {"pbf": PBF_NAME, "image": IMAGE_NAME if image_path is not None else None}
+    )
 
     def write_json(p: Path) -> None:
         p.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
