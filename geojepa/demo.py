@@ -27,7 +27,7 @@ DEMO_ZOOM = 17
 DEMO_GROUP_ZOOM = 15
 """Zoom of the demo's spatial groups (split and cross-validation): 9 groups, enough for 5 folds."""
 DEMO_EPOCHS = 10
-"""Pretraining epochs of the demo (about a minute on two CPU cores with the small preset)."""
+"""Pretraining epochs of the demo (40-80 s on two CPU cores with the small preset)."""
 DEMO_TASKS = ("building_count", "max_speed", "traffic_signals")
 """The tasks the demo evaluates (Helsinki's centre has too few bridges for the binary tasks)."""
 
