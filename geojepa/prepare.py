@@ -339,7 +339,30 @@ def _prepare_into(
             results.append(result)
             bars.advance(writing)
     shutil.rmtree(spill.folder)
+    manifest = _write_manifest(tmp, osm, imagery_paths, config, splits, results,
+                               (read_stats, piece_stats))
+    if config.geoparquet:
+        from geojepa.dataset.geoparquet import export_entities
 
+        export_entities(tmp, tmp / "entities.parquet")
+    return manifest
+
+
+def _write_manifest(
+    tmp: Path,
+    osm: list[Path],
+    imagery_paths: list[Path],
+    config: PrepareConfig,
+    splits: dict[tuple[int, int], str],
+    results: list[ShardResult],
+    stats: tuple[ReadStats, PieceStats],
+) -> Manifest:
+    """Write the vocabulary and the manifest of the shards in ``results`` to ``tmp``.
+
+    Raises:
+        GeoJepaError: If no tile was written (none has ``min_entities``).
+    """
+    read_stats, piece_stats = stats
     counts = {s: {"tiles": sum(r.tiles[s] for r in results),
                   "entities": sum(r.entities[s] for r in results)} for s in SPLITS}
     if sum(c["tiles"] for c in counts.values()) == 0:
@@ -380,8 +403,4 @@ def _prepare_into(
         created_by=f"geojepa {__version__}",
     )
     manifest.save(tmp)
-    if config.geoparquet:
-        from geojepa.dataset.geoparquet import export_entities
-
-        export_entities(tmp, tmp / "entities.parquet")
     return manifest
