@@ -716,7 +716,6 @@ def _signalised_junctions(
     return {(int(i), int(j)): bool(per_approach[i, j]) for i, j in np.argwhere(signalised)}
 
 
-
 @dataclass(frozen=True)
 class _Streams:
     """The city's random streams, one per concern, so that one part's settings (e.g. the
@@ -1205,7 +1204,7 @@ class _CityPlanner:
         shapes, back = _main_buildings(config, lots, rng.lots)
         shapes = _with_sheds(shapes, lots, back, rng.lots)
         levels, housenumber = _building_tag_values(shapes.btype, rng.tags)
-        node_id, crossing = self._roads(grid, river, alley_y)
+        node_id, crossing = self._roads(grid, alley_y)
         park_rects, park_paths = self._parks(blocks, node_id)
         water = self._river(river)
         riverside_polys = _riverside_parks(blocks, water.outer)
@@ -1259,7 +1258,7 @@ class _CityPlanner:
     # ---- road network -----------------------------------------------------------------------
 
     def _roads(
-        self, grid: _Grid, river: _River, alley_y: dict[tuple[int, int], float]
+        self, grid: _Grid, alley_y: dict[tuple[int, int], float]
     ) -> tuple[IntArray, NDArray[np.object_]]:
         """Every road: the street lines (bridges, signals), then the alleys. Returns the grid
         junctions' node ids ``(nx, ny)`` and each north-south line's river crossing."""
