@@ -339,8 +339,8 @@ def _prepare_into(
             results.append(result)
             bars.advance(writing)
     shutil.rmtree(spill.folder)
-    manifest = _write_manifest(tmp, osm, imagery_paths, config, splits, results,
-                               (read_stats, piece_stats))
+    manifest = _write_manifest(tmp, osm, imagery_paths, config, splits, results, read_stats,
+                               piece_stats)
     if config.geoparquet:
         from geojepa.dataset.geoparquet import export_entities
 
@@ -355,14 +355,14 @@ def _write_manifest(
     config: PrepareConfig,
     splits: dict[tuple[int, int], str],
     results: list[ShardResult],
-    stats: tuple[ReadStats, PieceStats],
+    read_stats: ReadStats,
+    piece_stats: PieceStats,
 ) -> Manifest:
     """Write the vocabulary and the manifest of the shards in ``results`` to ``tmp``.
 
     Raises:
         GeoJepaError: If no tile was written (none has ``min_entities``).
     """
-    read_stats, piece_stats = stats
     counts = {s: {"tiles": sum(r.tiles[s] for r in results),
                   "entities": sum(r.entities[s] for r in results)} for s in SPLITS}
     if sum(c["tiles"] for c in counts.values()) == 0:
